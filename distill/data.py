@@ -78,12 +78,22 @@ def _librispeech_transcripts(root: Path) -> dict[str, str]:
     return texts
 
 
-def list_audio(source: str | Path) -> tuple[list[AudioItem], list[SkipRecord]]:
+def list_audio(source: str | Path | list) -> tuple[list[AudioItem], list[SkipRecord]]:
     """Enumerate the utterances of a folder tree or a ``.tsv`` manifest, sorted by path.
 
+    ``source`` may also be a list of such sources, concatenated in order.
     Returns ``(items, skipped)``: files whose header cannot be read are skipped with a reason.
-    Raises ``ValueError`` when ``source`` does not exist or holds no audio at all.
+    Raises ``ValueError`` when a source does not exist or holds no audio at all.
     """
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("no audio source given")
+        items, skipped = [], []
+        for one in source:
+            i, s = list_audio(one)
+            items += i
+            skipped += s
+        return items, skipped
     source = Path(source)
     if not source.exists():
         raise ValueError(f"audio source not found: {source}")

@@ -2,8 +2,8 @@
 
 A frontend maps ``(wav (batch, samples), lengths (batch,))`` to
 ``(features (batch, frames, dim), frame_lengths (batch,))`` with padded frames set to zero.
-It holds no positional information: positions (wav2vec2's convolutional embedding, Whisper's
-sinusoids) belong to the stack. Students reuse a teacher's frontend; every frontend can be
+Learnt positional context (wav2vec2's convolutional embedding) belongs to the stack; Whisper's
+fixed sinusoid table belongs to its frontend. Students reuse a teacher's frontend; every frontend can be
 rebuilt from ``(arch, config dict)`` alone, which is what a saved student stores.
 
 * :class:`SSLFrontend`: CNN feature encoder + feature projection of wav2vec2, HuBERT, WavLM and
@@ -11,7 +11,10 @@ rebuilt from ``(arch, config dict)`` alone, which is what a saved student stores
   the whole utterance, so their CNN runs per utterance: a padded batch then gives exactly the
   features of each utterance alone.
 * :class:`WhisperFrontend`: 80/128-bin log-mel (Whisper's recipe, on the clip's own length
-  instead of a 30 s pad) + two GELU convolutions (stride 2): 20 ms frames.
+  instead of a 30 s pad) + two GELU convolutions (stride 2): 20 ms frames; then Whisper's fixed
+  sinusoidal position table, sliced to the clip (at most 1500 frames = 30 s). The table is not
+  learnt context but a fixed function of the frame index, so it belongs here: the frontend
+  output is exactly the input of Whisper's first layer.
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class SSLFrontend(nn.Module):
         self.config = config
         self.feature_extractor = feature_extractor if feature_extractor is not None else enc_cls(config)
         self.feature_projection = feature_projection if feature_projection is not None else proj_cls(config)
-        self.per_utterance_cnn = config.feat_extract_norm == "group"
+        self.per_utterance_cnn = getattr(config, "feat_extract_norm", "layer") == "group"
         self.hop = math.prod(config.conv_stride)
         self.output_dim = config.hidden_size
 
@@ -125,17 +128,22 @@ def whisper_mel_filters(n_mels: int) -> torch.Tensor:
 
 
 class WhisperFrontend(nn.Module):
-    """Whisper log-mel + conv1 (k3) + GELU + conv2 (k3, stride 2) + GELU; hop 320 samples."""
+    """Whisper log-mel + conv1 (k3) + GELU + conv2 (k3, stride 2) + GELU + positions; hop 320 samples."""
 
     N_FFT, MEL_HOP = 400, 160
 
-    def __init__(self, config, conv1: nn.Module | None = None, conv2: nn.Module | None = None):
+    def __init__(self, config, conv1: nn.Module | None = None, conv2: nn.Module | None = None,
+                 embed_positions: nn.Embedding | None = None):
         super().__init__()
         self.arch = "whisper"
         self.config = config
         d, n_mels = config.d_model, config.num_mel_bins
         self.conv1 = conv1 if conv1 is not None else nn.Conv1d(n_mels, d, kernel_size=3, padding=1)
         self.conv2 = conv2 if conv2 is not None else nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        if embed_positions is None:
+            embed_positions = nn.Embedding(config.max_source_positions, d)
+            embed_positions.requires_grad_(False)
+        self.embed_positions = embed_positions
         self.register_buffer("mel_filters", whisper_mel_filters(n_mels), persistent=False)
         self.register_buffer("window", torch.hann_window(self.N_FFT), persistent=False)
         self.hop = 2 * self.MEL_HOP
@@ -169,6 +177,10 @@ class WhisperFrontend(nn.Module):
         # zero conv1 output beyond each clip, as conv2's zero padding sees it for a lone clip
         x = x * lengths_to_mask(mel_lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
         x = F.gelu(self.conv2(x)).transpose(1, 2)
+        max_pos = self.embed_positions.weight.shape[0]
+        if x.shape[1] > max_pos:
+            raise ValueError(f"clip has {x.shape[1]} frames; this Whisper encoder takes at most {max_pos} (30 s)")
+        x = x + self.embed_positions.weight[: x.shape[1]].to(x.dtype)
         frame_lengths = self.frame_lengths(lengths)
         x = x * lengths_to_mask(frame_lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
         return x, frame_lengths

@@ -2,7 +2,7 @@
 
 A stack maps ``(features (batch, frames, dim), frame_lengths (batch,))`` to the list of L+1
 hidden states, each ``(batch, frames, dim)``: index 0 is the input of the first transformer
-layer (positions added), index i the output of layer i. As in Hugging Face's
+layer, index i the output of layer i. As in Hugging Face's
 ``output_hidden_states``, the last entry of pre-LN stacks (Whisper, wav2vec2 "large"
 stable-layer-norm) includes the final LayerNorm. Padded frames never influence valid ones
 (key padding mask in every attention).
@@ -17,11 +17,25 @@ from .frontends import lengths_to_mask
 
 
 class SSLStack(nn.Module):
-    """Positional conv embedding + transformer layers of a wav2vec2-family encoder."""
+    """Positional conv embedding + transformer layers of a wav2vec2-family encoder.
+
+    data2vec-audio stacks several positional convolutions; Hugging Face zeroes padded frames
+    only before the first, so padding leaks into valid frames near the end. Forward hooks
+    re-zero padded frames after each of them (module names, hence checkpoints, unchanged).
+    """
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+        self._frame_mask: torch.Tensor | None = None
+        pos_layers = getattr(encoder.pos_conv_embed, "layers", None)
+        for layer in pos_layers if pos_layers is not None else []:
+            layer.register_forward_hook(self._zero_padding)
+
+    def _zero_padding(self, module, inputs, output):  # output: (batch, channels, frames)
+        if self._frame_mask is None:
+            return output
+        return output * self._frame_mask[:, None, : output.shape[-1]].to(output.dtype)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -29,34 +43,35 @@ class SSLStack(nn.Module):
 
     def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
         mask = lengths_to_mask(frame_lengths, x.shape[1])
-        # the HF encoder zeroes padded frames in place: never touch the caller's tensor
-        out = self.encoder(x.clone(), attention_mask=mask, output_hidden_states=True, return_dict=True)
+        self._frame_mask = mask
+        try:
+            # the HF encoder zeroes padded frames in place: never touch the caller's tensor
+            out = self.encoder(x.clone(), attention_mask=mask, output_hidden_states=True, return_dict=True)
+        finally:
+            self._frame_mask = None
         return list(out.hidden_states)
 
 
 class WhisperStack(nn.Module):
-    """Sinusoidal positions + Whisper encoder layers + final LayerNorm, on clips of any length.
+    """Whisper encoder layers + final LayerNorm, on clips of any length, padding masked.
 
-    Hugging Face's ``WhisperEncoder.forward`` insists on 3000 mel frames (30 s); this slices the
-    position table to the clip instead, and masks padded frames, which Whisper itself never does.
+    Hugging Face's ``WhisperEncoder.forward`` insists on 3000 mel frames (30 s); here the
+    frontend slices the position table to the clip instead, and padded frames are masked,
+    which Whisper itself never does.
     """
 
-    def __init__(self, embed_positions: nn.Embedding, layers: nn.ModuleList, layer_norm: nn.LayerNorm):
+    def __init__(self, layers: nn.ModuleList, layer_norm: nn.LayerNorm):
         super().__init__()
-        self.embed_positions = embed_positions
         self.layers = layers
         self.layer_norm = layer_norm
 
     def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
         n = x.shape[1]
-        max_pos = self.embed_positions.weight.shape[0]
-        if n > max_pos:
-            raise ValueError(f"clip has {n} frames; this Whisper encoder takes at most {max_pos} (30 s)")
-        h = x + self.embed_positions.weight[:n].to(x.dtype)
         keep = lengths_to_mask(frame_lengths, n)
-        bias = torch.zeros(keep.shape, dtype=h.dtype, device=h.device)
-        bias.masked_fill_(~keep, torch.finfo(h.dtype).min)
+        bias = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+        bias.masked_fill_(~keep, torch.finfo(x.dtype).min)
         attn_mask = bias[:, None, None, :].expand(-1, 1, n, -1)
+        h = x
         states = [h]
         for layer in self.layers:
             h = layer(h, attention_mask=attn_mask, layer_head_mask=None)[0]

@@ -108,8 +108,8 @@ def _from_hf_model(name: str, model, config) -> Teacher:
     arch = config.model_type
     if arch == "whisper":
         enc = model.encoder if hasattr(model, "encoder") else model.model.encoder
-        return Teacher(name, "whisper", WhisperFrontend(config, enc.conv1, enc.conv2),
-                       WhisperStack(enc.embed_positions, enc.layers, enc.layer_norm), config)
+        return Teacher(name, "whisper", WhisperFrontend(config, enc.conv1, enc.conv2, enc.embed_positions),
+                       WhisperStack(enc.layers, enc.layer_norm), config)
     if arch in SSL_ARCHS:
         return Teacher(name, arch, SSLFrontend(arch, config, model.feature_extractor, model.feature_projection),
                        SSLStack(model.encoder), config)
@@ -147,8 +147,9 @@ def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
     if missing or unexpected:
         raise ValueError(f"{folder}: CTranslate2 weights do not fit WhisperEncoder "
                          f"(missing {missing}, unexpected {unexpected})")
-    return Teacher(name or f"ct2:{folder}", "whisper", WhisperFrontend(config, encoder.conv1, encoder.conv2),
-                   WhisperStack(encoder.embed_positions, encoder.layers, encoder.layer_norm), config)
+    return Teacher(name or f"ct2:{folder}", "whisper",
+                   WhisperFrontend(config, encoder.conv1, encoder.conv2, encoder.embed_positions),
+                   WhisperStack(encoder.layers, encoder.layer_norm), config)
 
 
 def offline_whisper_folder() -> Path:

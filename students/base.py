@@ -68,6 +68,9 @@ class StudentModel(PreTrainedModel):
 
     def freeze_frontend(self, frozen: bool = True) -> None:
         self.frontend.requires_grad_(not frozen)
+        positions = getattr(self.frontend, "embed_positions", None)
+        if positions is not None:  # Whisper's sinusoid table is fixed, never trained
+            positions.requires_grad_(False)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
         """``wav (batch, samples)`` -> (list of ``(batch, frames, dim)``, ``frame_lengths (batch,)``)."""

@@ -1,0 +1,89 @@
+"""``stackdistill`` command line: a thin layer over the library functions.
+
+Every setting of a command is a flag named after its config field (``--train.max_steps 100``)
+and can also come from ``--config file.yaml``; ``stackdistill config CMD`` prints the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+
+import yaml
+
+from .config import add_config_arguments, config_from_args, to_dict
+
+
+def _commands():
+    """name -> (help, config class, function); imported lazily so --help is fast."""
+    from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
+    from tasks.keyword_spotting import EvaluateConfig, evaluate
+
+    from .export import ExportConfig, export
+    from .pipeline import PipelineConfig, run_pipeline
+    from .train import DistillConfig, distill
+
+    return {
+        "pipeline": ("the main job: corpora, distil, evaluate teacher and student on KS, export, report",
+                     PipelineConfig, run_pipeline),
+        "distill": ("distil a student from a teacher on unlabeled audio (accelerate launch works)",
+                    DistillConfig, distill),
+        "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
+        "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
+        "corpus-ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",
+                      SpeechCommandsConfig, build_speech_commands),
+        "corpus-sentences": ("synthesise unlabeled read speech (LibriSpeech layout) with espeak-ng",
+                             SentencesConfig, build_sentences),
+    }
+
+
+def _quiet_third_party() -> None:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("accelerate", "s3prl", "matplotlib", "transformers", "torchaudio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_parser(commands) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stackdistill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, cls, _fn) in commands.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_config_arguments(p, cls)
+    p = sub.add_parser("config", help="print a command's default settings as YAML")
+    p.add_argument("name", choices=sorted(commands))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = _commands()
+    args = build_parser(commands).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _quiet_third_party()
+    if args.command == "config":
+        print(yaml.safe_dump(to_dict(commands[args.name][1]()), sort_keys=False), end="")
+        return 0
+    _help, cls, fn = commands[args.command]
+    try:
+        cfg = config_from_args(cls, args)
+        result = fn(cfg)
+    except ValueError as err:
+        print(f"stackdistill {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        summary = {k: v for k, v in result.items() if k not in ("skipped",)}
+        print(json.dumps(summary, indent=2, default=str))
+    elif result is not None:
+        print(result if not isinstance(result, tuple) else "\n".join(map(str, result)))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

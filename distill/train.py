@@ -1,0 +1,382 @@
+"""Distillation training: one Accelerate loop from a frozen teacher into a student.
+
+Run folder (``cfg.out``)::
+
+    config.yaml          resolved settings
+    metrics.jsonl        one JSON line per log / validation event
+    summary.json         final figures (steps, losses, time, files used and skipped)
+    loss.png             train and validation loss curves
+    tb/                  TensorBoard logs (Accelerate tracker)
+    checkpoints/step_N/  Accelerate save_state (model, optimizer, scheduler, RNG) + trainer_state.json
+    best/  last/         Hugging Face folders of the student (best by validation loss, and last)
+    ranks/rank_K.json    what each process trained on (distributed runs)
+
+``accelerate launch`` runs the same code on many processes: batches are sharded by the batch
+sampler (equal counts on every rank), the frozen teacher stays outside ``prepare`` (DDP would
+reject a module without trainable parameters), and only the student's trainable part is
+wrapped. ``train.resume=true`` restores model, optimizer, scheduler, RNG and the position in
+the epoch from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from students.factory import StudentSpec, build_student
+
+from .audio import SAMPLE_RATE
+from .config import save_config, to_dict
+from .data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio, split_items
+from .fsutil import atomic_dir, write_json_atomic
+from .losses import LOSSES, distill_loss
+from .teacher import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=300, metadata={"help": "optimizer updates"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = 0.01
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up, then cosine decay to 0"})
+    batch_seconds: float = field(default=20.0, metadata={"help": "max padded audio per batch and process"})
+    max_batch_size: int = field(default=64, metadata={"help": "max utterances per batch"})
+    crop_seconds: float = field(default=4.0, metadata={"help": "random crop of training utterances"})
+    min_seconds: float = field(default=0.1, metadata={"help": "shorter files are skipped"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
+    teacher_dtype: str = field(default="float32", metadata={"help": "teacher forward dtype: float32 or bfloat16"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    loss: str = field(default="mse", metadata={"help": "mse or l1_cos (DistilHuBERT)"})
+    valid_fraction: float = field(default=0.05, metadata={"help": "share of utterances held out"})
+    max_valid: int = field(default=64, metadata={"help": "cap on held-out utterances"})
+    eval_every: int = field(default=100, metadata={"help": "validate every N steps"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out/"})
+    interrupt_after: int | None = field(default=None, metadata={"help": "testing: stop abruptly after N steps"})
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = field(default="whisper-tiny.en", metadata={"help": "teacher spec (hub id, folder, ct2:, s3prl:)"})
+    data: list[str] = field(default_factory=list,
+                            metadata={"help": "audio folders, LibriSpeech trees or .tsv manifests"})
+    out: str = field(default="runs/distill", metadata={"help": "run folder"})
+    student: StudentSpec = field(default_factory=StudentSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``train.interrupt_after``: the run stopped as if killed (checkpoints stay)."""
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    done = [p for p in root.glob("step_*") if (p / "trainer_state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _plot_losses(metrics_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    valid = [(r["step"], r["valid_loss"]) for r in rows if "valid_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train")
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("distillation loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+class _Run:
+    """State of one training run; ``run()`` is the loop."""
+
+    def __init__(self, cfg: DistillConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        t = cfg.train
+        if t.loss not in LOSSES:
+            raise ValueError(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
+        if not cfg.data:
+            raise ValueError("no training data: set data=<audio folder | LibriSpeech tree | manifest.tsv>")
+        self.cfg, self.t = cfg, t
+        self.out = Path(cfg.out)
+        self.acc = Accelerator(
+            gradient_accumulation_steps=t.grad_accum, mixed_precision=t.mixed_precision, log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tb")),
+        )
+        set_seed(t.seed)
+        self.main = self.acc.is_main_process
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+
+        items, self.scan_skipped = list_audio(cfg.data)
+        train_items, valid_items = split_items(items, t.valid_fraction, t.seed, t.max_valid)
+        crop = int(t.crop_seconds * SAMPLE_RATE)
+        self.train_ds = AudioDataset(train_items, crop, int(t.min_seconds * SAMPLE_RATE), True, t.seed)
+        self.valid_ds = AudioDataset(valid_items, crop, int(t.min_seconds * SAMPLE_RATE), False, t.seed)
+        bs = int(t.batch_seconds * SAMPLE_RATE)
+        n, r = self.acc.num_processes, self.acc.process_index
+        self.sampler = LengthBucketBatchSampler(
+            [self.train_ds.cropped_length(i) for i in range(len(self.train_ds))], bs, True, t.seed, n, r,
+            t.max_batch_size)
+        self.valid_sampler = LengthBucketBatchSampler(
+            [self.valid_ds.cropped_length(i) for i in range(len(self.valid_ds))], bs, False, t.seed, n, r,
+            t.max_batch_size)
+
+        self.teacher = load_teacher(cfg.teacher, dtype=t.teacher_dtype, device=self.acc.device)
+        self.student = build_student(cfg.student, self.teacher, seed=t.seed).to(self.acc.device)
+        self.target_layers = list(self.student.config.target_layers)
+        # with a frozen frontend only the stack trains, fed by the teacher's frontend output
+        self.share_frontend = not cfg.student.train_frontend
+        trainable = self.student.stack if self.share_frontend else self.student
+        params = [p for p in trainable.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
+        self.model, self.optimizer = self.acc.prepare(trainable, optimizer)
+        # stepped once per update on every rank (a prepared scheduler would step num_processes times)
+        self.acc.register_for_checkpointing(self.scheduler)
+
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_valid = float("inf")
+        self.skipped: dict[str, str] = {s.path: s.reason for s in self.scan_skipped}
+        self.seen_indices: list[int] = []
+        self.audio_seconds = 0.0
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        root = self.out / "checkpoints"
+        final = root / f"step_{self.step}"
+        tmp = root / f".step_{self.step}.tmp"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        self.acc.wait_for_everyone()
+        if self.main:
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                     "best_valid": self.best_valid, "audio_seconds": self.audio_seconds,
+                     "skipped": self.skipped}
+            write_json_atomic(tmp / "trainer_state.json", state)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)  # a checkpoint folder appears complete or not at all
+            for old in _checkpoints(root)[: -self.t.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.export_student(self.out / "last")
+        self.acc.wait_for_everyone()
+
+    def maybe_resume(self) -> None:
+        if not self.t.resume:
+            return
+        ckpts = _checkpoints(self.out / "checkpoints")
+        if not ckpts:
+            log.warning("resume requested but %s holds no checkpoint: starting fresh", self.out / "checkpoints")
+            return
+        last = ckpts[-1]
+        self.acc.load_state(str(last))
+        state = json.loads((last / "trainer_state.json").read_text())
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.best_valid, self.audio_seconds = state["best_valid"], state["audio_seconds"]
+        self.skipped.update(state.get("skipped", {}))
+        if self.main:
+            log.info("resumed from %s (step %d, epoch %d, batch %d)", last, self.step, self.epoch, self.batch_in_epoch)
+            self.log_metrics({"event": "resume", "from": str(last)})
+
+    def export_student(self, path: Path) -> None:
+        with atomic_dir(path) as tmp:
+            self.student.save_pretrained(tmp, safe_serialization=True)
+
+    # -- logging -----------------------------------------------------------------------------
+
+    def log_metrics(self, row: dict) -> None:
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.step, **row}) + "\n")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loader(self, ds, sampler) -> DataLoader:
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio, num_workers=self.t.num_workers)
+
+    def _student_states(self, wav, lengths, feats, frame_lengths):
+        if self.share_frontend:
+            return self.model(feats, frame_lengths)
+        states, _ = self.model(wav, lengths)
+        return states
+
+    def _batch_loss(self, batch: dict):
+        wav, lengths = batch["wav"], batch["lengths"]
+        empty = wav is None
+        if empty:  # every file of the batch was bad: run a silent dummy so DDP stays in step
+            wav = torch.zeros(1, SAMPLE_RATE)
+            lengths = torch.tensor([SAMPLE_RATE])
+        wav, lengths = wav.to(self.acc.device), lengths.to(self.acc.device)
+        feats, t_states, frame_lengths = self.teacher.features_and_states(wav, lengths)
+        with self.acc.autocast():
+            s_states = self._student_states(wav, lengths, feats, frame_lengths)
+            loss, logs = distill_loss(s_states, t_states, self.target_layers, frame_lengths, self.t.loss)
+        if empty:
+            loss = loss * 0.0
+        return loss, logs, frame_lengths
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        total = torch.zeros(2, device=self.acc.device)
+        for batch in self._loader(self.valid_ds, self.valid_sampler):
+            if batch["wav"] is None:
+                continue
+            loss, _, frame_lengths = self._batch_loss(batch)
+            n = float(frame_lengths.sum())
+            total += torch.tensor([float(loss) * n, n], device=self.acc.device)
+        self.model.train()
+        total = self.acc.reduce(total, reduction="sum")
+        return float(total[0] / total[1].clamp(min=1))
+
+    def run(self) -> dict:
+        t = self.t
+        self.maybe_resume()
+        self.acc.init_trackers("distill", config={k: v for k, v in _flat(to_dict(self.cfg)).items()
+                                                  if isinstance(v, (int, float, str, bool))})
+        self.model.train()
+        start_step, t0 = self.step, time.time()
+        bar = tqdm(total=t.max_steps, initial=self.step, desc="distill", disable=not self.acc.is_local_main_process)
+        running = []
+        while self.step < t.max_steps:
+            self.sampler.set_epoch(self.epoch)
+            self.train_ds.set_epoch(self.epoch)
+            self.sampler.start_batch = self.batch_in_epoch
+            for batch in self._loader(self.train_ds, self.sampler):
+                self.batch_in_epoch += 1
+                for s in batch["skipped"]:
+                    if s.path not in self.skipped:
+                        log.warning("skipping %s: %s", s.path, s.reason)
+                    self.skipped[s.path] = s.reason
+                if batch["wav"] is not None:
+                    self.seen_indices += batch["indices"]
+                    self.audio_seconds += float(batch["lengths"].sum()) / SAMPLE_RATE
+                with self.acc.accumulate(self.model):
+                    loss, logs, _ = self._batch_loss(batch)
+                    self.acc.backward(loss)
+                    if self.acc.sync_gradients and t.grad_clip > 0:
+                        self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                running.append(float(loss))
+                if not self.acc.sync_gradients:
+                    continue
+                self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.max_steps:
+                    row = {"train_loss": sum(running) / len(running), "lr": self.scheduler.get_last_lr()[0],
+                           "epoch": self.epoch, **logs}
+                    running = []
+                    bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+                    self.acc.log(row, step=self.step)
+                    self.log_metrics(row)
+                if self.step % t.eval_every == 0 or self.step == t.max_steps:
+                    v = self.validate()
+                    self.acc.log({"valid_loss": v}, step=self.step)
+                    self.log_metrics({"valid_loss": v})
+                    if v < self.best_valid:
+                        self.best_valid = v
+                        if self.main:
+                            self.export_student(self.out / "best")
+                        self.acc.wait_for_everyone()
+                if self.step % t.save_every == 0 or self.step == t.max_steps:
+                    self.save_checkpoint()
+                if t.interrupt_after is not None and self.step >= t.interrupt_after:
+                    bar.close()
+                    self.acc.end_training()
+                    raise TrainingInterrupted(f"stopped after step {self.step} (train.interrupt_after)")
+                if self.step >= t.max_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                continue
+            break
+        bar.close()
+        elapsed = time.time() - t0
+        self._write_rank_report(start_step)
+        self.acc.wait_for_everyone()
+        summary = {
+            "steps": self.step, "resumed_from_step": start_step, "seconds": elapsed,
+            "seconds_per_step": elapsed / max(1, self.step - start_step),
+            "best_valid_loss": self.best_valid, "audio_seconds_seen": self.audio_seconds,
+            "files_used": len(self.train_ds) + len(self.valid_ds), "files_skipped": len(self.skipped),
+            "skipped": self.skipped, "target_layers": self.target_layers, "num_processes": self.acc.num_processes,
+            "student": _info_dict(self.student.info), "teacher": _info_dict(self.teacher.info),
+        }
+        if self.main:
+            write_json_atomic(self.out / "summary.json", summary)
+            _plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        self.acc.end_training()
+        return summary
+
+    def _write_rank_report(self, start_step: int) -> None:
+        rank = self.acc.process_index
+        write_json_atomic(self.out / "ranks" / f"rank_{rank}.json",
+                          {"rank": rank, "num_processes": self.acc.num_processes, "steps": self.step - start_step,
+                           "indices": self.seen_indices})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _info_dict(info) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(info), "params_total": info.params_total}
+
+
+def distill(cfg: DistillConfig) -> dict:
+    """Train a student from ``cfg.teacher`` on ``cfg.data``; returns the run summary."""
+    return _Run(cfg).run()

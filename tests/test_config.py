@@ -1,0 +1,35 @@
+"""Typed configs: defaults <- YAML <- command-line overrides, with type checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.cli import main
+from distill.config import load_config, to_dict
+from distill.train import DistillConfig
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("teacher: facebook/hubert-base-ls960\ntrain:\n  lr: 0.0005\n  max_steps: 10\n")
+    cfg = load_config(DistillConfig, f, ["train.max_steps=20", "student.target_layers=[4, 12]", "train.lr=3e-4"])
+    assert cfg.teacher == "facebook/hubert-base-ls960"
+    assert cfg.train.max_steps == 20 and cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.student.target_layers == [4, 12]
+    assert cfg.train.warmup_steps == DistillConfig().train.warmup_steps  # untouched default
+    assert load_config(DistillConfig, None, {"train.seed": 5}).train.seed == 5
+    assert to_dict(cfg)["student"]["target_layers"] == [4, 12]
+
+
+@pytest.mark.parametrize("override,message", [("train.max_steps=ten", "integer"), ("train.nope=1", "unknown"),
+                                              ("train.resume=maybe", "true/false")])
+def test_bad_values_are_clear_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(DistillConfig, None, [override])
+
+
+def test_cli_prints_defaults_and_reports_errors(capsys, tmp_path):
+    assert main(["config", "distill"]) == 0
+    assert "max_steps: 300" in capsys.readouterr().out
+    assert main(["distill", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err

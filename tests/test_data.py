@@ -1,0 +1,123 @@
+"""Data layer: bad files are reported and skipped, formats are normalised, batches are bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from distill.audio import AudioError, load_audio
+from distill.data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    d = tmp_path / "audio"
+    (d / "sub").mkdir(parents=True)
+    sf.write(d / "good.wav", _tone(1.0, 16000), 16000)
+    sf.write(d / "sub" / "stereo_44k.wav", np.stack([_tone(0.5, 44100), -_tone(0.5, 44100, 220)], 1), 44100)
+    sf.write(d / "sub" / "good.flac", _tone(0.7, 16000), 16000)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    sf.write(d / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = _tone(0.5, 16000)
+    nan[100] = np.nan
+    sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(d / "short.wav", _tone(0.01, 16000), 16000)
+    return d
+
+
+def test_load_audio_mixes_and_resamples(messy_folder):
+    wav = load_audio(messy_folder / "sub" / "stereo_44k.wav")
+    assert wav.dim() == 1 and wav.dtype == torch.float32
+    assert abs(wav.numel() - 8000) <= 1  # 0.5 s at 16 kHz
+    # the two channels are a 440 Hz tone and an inverted 220 Hz tone: the mix holds both halves
+    spec = torch.fft.rfft(wav).abs()
+    freqs = torch.fft.rfftfreq(wav.numel(), 1 / 16000)
+    for f in (220, 440):
+        assert spec[(freqs - f).abs().argmin()] > 0.2 * spec.max()
+
+
+@pytest.mark.parametrize("name,reason", [("corrupt.wav", "cannot decode|header"), ("empty.wav", "empty"),
+                                         ("nan.wav", "NaN"), ("missing.wav", "not found")])
+def test_bad_files_raise_naming_the_file(messy_folder, name, reason):
+    with pytest.raises(AudioError, match=reason) as err:
+        load_audio(messy_folder / name)
+    assert name in str(err.value)
+
+
+def test_bad_files_are_skipped_and_counted(messy_folder):
+    items, skipped = list_audio(messy_folder)
+    names = {p.split("/")[-1] for p in (i.path for i in items)}
+    assert "corrupt.wav" not in names and "good.wav" in names  # header unreadable: skipped at scan time
+    assert any("corrupt.wav" in s.path for s in skipped)
+    ds = AudioDataset(items, min_samples=1600)
+    batch = collate_audio([ds[i] for i in range(len(ds))])
+    reasons = {s.path.split("/")[-1]: s.reason for s in batch["skipped"]}
+    assert set(reasons) == {"empty.wav", "nan.wav", "short.wav"}
+    assert "too short" in reasons["short.wav"]
+    assert batch["wav"].shape[0] == 3  # good.wav, good.flac, stereo_44k.wav
+    assert sorted(batch["lengths"].tolist()) == [8000, 11200, 16000]
+    for row, n in zip(batch["wav"], batch["lengths"]):
+        assert torch.all(row[n:] == 0)
+
+
+def test_missing_or_empty_sources_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        list_audio(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no usable audio"):
+        list_audio(tmp_path / "empty")
+
+
+def test_fairseq_manifest_and_librispeech_transcripts(tmp_path):
+    root = tmp_path / "LibriSpeech" / "train-clean-100"
+    chap = root / "19" / "198"
+    chap.mkdir(parents=True)
+    sf.write(chap / "19-198-0000.flac", _tone(0.5, 16000), 16000)
+    sf.write(chap / "19-198-0001.flac", _tone(0.3, 16000), 16000)
+    (chap / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 GOOD BYE\n")
+    items, _ = list_audio(root)
+    assert [i.text for i in items] == ["HELLO WORLD", "GOOD BYE"]
+    assert [i.num_samples for i in items] == [8000, 4800]
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text(f"{root}\n19/198/19-198-0000.flac\t8000\n19/198/19-198-0009.flac\t100\n")
+    items, skipped = list_audio(manifest)
+    assert [i.num_samples for i in items] == [8000]
+    assert skipped[0].reason.startswith("listed in manifest")
+
+
+def test_random_crops_are_deterministic(tmp_path):
+    sf.write(tmp_path / "a.wav", np.random.default_rng(0).standard_normal(32000).astype(np.float32) * 0.1, 16000)
+    items, _ = list_audio(tmp_path)
+    a = AudioDataset(items, max_samples=8000, seed=3)
+    b = AudioDataset(items, max_samples=8000, seed=3)
+    assert torch.equal(a[0]["wav"], b[0]["wav"]) and a[0]["wav"].numel() == 8000
+    b.set_epoch(1)
+    assert not torch.equal(a[0]["wav"], b[0]["wav"])  # a new epoch draws a new crop
+
+
+def test_batches_bounded_by_total_samples_and_sharded():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(8000, 64000, size=200).tolist()
+    cap = 160000
+    s = LengthBucketBatchSampler(lengths, cap, seed=1)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(200))  # every utterance once
+    for b in batches:
+        assert max(lengths[i] for i in b) * len(b) <= cap
+    assert max(len(b) for b in batches) > 2 * min(len(b) for b in batches)  # short clips pack denser
+    assert list(LengthBucketBatchSampler(lengths, cap, seed=1)) == batches  # deterministic
+    s.set_epoch(1)
+    assert list(s) != batches
+    r0 = LengthBucketBatchSampler(lengths, cap, seed=1, num_replicas=2, rank=0)
+    r1 = LengthBucketBatchSampler(lengths, cap, seed=1, num_replicas=2, rank=1)
+    assert len(r0) == len(r1)
+    assert len(list(r0)) + len(list(r1)) >= len(batches)
+    r0.start_batch = 3
+    assert list(r0) == r0.rank_batches()[3:]

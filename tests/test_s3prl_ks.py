@@ -1,0 +1,54 @@
+"""SUPERB KS through s3prl on a stackdistill model registered in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import students
+from distill.export import export_hf
+from distill.teacher import load_teacher
+from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
+from tasks.s3prl_upstream import register
+
+
+def test_adapter_speaks_s3prl_upstream_interface(tiny_whisper_dir):
+    from s3prl.nn import S3PRLUpstream
+
+    register()
+    up = S3PRLUpstream("stackdistill", path_or_url=str(tiny_whisper_dir))
+    assert up.num_layers == 4 and up.downsample_rates == [320] * 4 and up.hidden_sizes == [32] * 4
+    up.train()  # s3prl flips modes; the wrapped model must stay frozen in eval
+    assert not up.upstream.model.training
+    wavs = torch.randn(2, 16000) * 0.1
+    hs, hs_len = up(wavs, torch.tensor([16000, 8000]))
+    assert hs[0].shape == (2, 50, 32) and hs_len[0].tolist() == [50, 25]
+
+
+@pytest.mark.slow
+def test_short_ks_run_writes_metrics(tiny_whisper_dir, ks_corpus, tmp_path):
+    teacher = load_teacher(str(tiny_whisper_dir))
+    folder = export_hf(students.mimic_from_teacher(teacher), tmp_path / "student")
+    out = tmp_path / "ks"
+    m = evaluate(EvaluateConfig(model=str(folder), data=str(ks_corpus), out=str(out), steps=20, eval_every=10,
+                                batch_size=16))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == m
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["steps"] == 20 and m["seconds"] > 0
+    assert (out / "s3prl" / "train" / "valid_best").is_dir()
+
+
+def test_ks_roots_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        resolve_ks_roots(str(tmp_path / "nope"))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    with pytest.raises(ValueError, match="_background_noise_"):
+        resolve_ks_roots(str(tmp_path))
+
+
+def test_unknown_task_is_an_error():
+    with pytest.raises(ValueError, match="unknown task"):
+        evaluate(EvaluateConfig(task="asr"))
