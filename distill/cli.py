@@ -33,9 +33,9 @@ def _commands():
                     DistillConfig, distill),
         "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
         "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
-        "corpus-ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",
+        "corpus ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",
                       SpeechCommandsConfig, build_speech_commands),
-        "corpus-sentences": ("synthesise unlabeled read speech (LibriSpeech layout) with espeak-ng",
+        "corpus sentences": ("synthesise unlabeled read speech (LibriSpeech layout) with espeak-ng",
                              SentencesConfig, build_sentences),
     }
 
@@ -53,11 +53,19 @@ def build_parser(commands) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, (help_, cls, _fn) in commands.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        if " " in name:  # "corpus ks": a sub-command of a group
+            group, leaf = name.split(" ", 1)
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=f"{group} commands").add_subparsers(
+                    dest="leaf", required=True)
+            p = groups[group].add_parser(leaf, help=help_, description=help_)
+        else:
+            p = sub.add_parser(name, help=help_, description=help_)
         add_config_arguments(p, cls)
     p = sub.add_parser("config", help="print a command's default settings as YAML")
-    p.add_argument("name", choices=sorted(commands))
+    p.add_argument("name", nargs="+", help=f"one of: {', '.join(sorted(commands))}")
     return parser
 
 
@@ -68,14 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     _quiet_third_party()
     if args.command == "config":
-        print(yaml.safe_dump(to_dict(commands[args.name][1]()), sort_keys=False), end="")
+        name = " ".join(args.name)
+        if name not in commands:
+            print(f"stackdistill config: unknown command {name!r}; known: {sorted(commands)}", file=sys.stderr)
+            return 2
+        print(yaml.safe_dump(to_dict(commands[name][1]()), sort_keys=False), end="")
         return 0
-    _help, cls, fn = commands[args.command]
+    command = args.command + (f" {args.leaf}" if getattr(args, "leaf", None) else "")
+    _help, cls, fn = commands[command]
     try:
         cfg = config_from_args(cls, args)
         result = fn(cfg)
     except ValueError as err:
-        print(f"stackdistill {args.command}: error: {err}", file=sys.stderr)
+        print(f"stackdistill {command}: error: {err}", file=sys.stderr)
         return 2
     if isinstance(result, dict):
         summary = {k: v for k, v in result.items() if k not in ("skipped",)}

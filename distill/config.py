@@ -181,7 +181,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
     parser.add_argument("--config", help="YAML file with settings (flags override it)")
     group = parser.add_argument_group("settings (defaults shown by `stackdistill config`)")
     for name, f in _leaf_fields(cls):
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")
         flags = ["--" + name]
         if "_" in name:
             flags.append("--" + name.replace("_", "-"))

@@ -1,13 +1,15 @@
-"""The main job: synthesise corpora, distil a student, evaluate teacher and student on KS, export, report.
+"""The main job: synthesise corpora, distil students, evaluate teacher and students on KS, export, report.
 
 With no settings and no network it uses the offline teacher (Whisper tiny.en) and synthetic
-corpora cached where ``sentences.out`` and ``ks_corpus.out`` say. Output folder (``out``)::
+corpora cached where ``sentences.out`` and ``ks_corpus.out`` say. Distillation uses the
+sentences and the KS train root (audio only, labels unused: in-domain unlabeled speech, as
+the redundancy paper distils on the task's audio). Output folder (``out``)::
 
-    config.yaml        resolved settings
-    distill/           the distillation run (see distill.train)
-    student/           the exported student (Hugging Face folder + model card)
-    eval_teacher/ eval_student/   s3prl SUPERB KS runs, each with metrics.json
-    report.json  report.md         the comparison
+    config.yaml                  resolved settings
+    distill/<student>/           each distillation run (see distill.train)
+    students/<student>/          each exported student (Hugging Face folder + model card)
+    eval/<model>/                s3prl SUPERB KS runs, each with metrics.json
+    report.json  report.md       the comparison
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from students.factory import StudentSpec
+from students.factory import StudentSpec, student_name
 from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
-from tasks.keyword_spotting import EvaluateConfig, evaluate
+from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
 
 from .bench import seconds_per_audio_second
 from .config import save_config
@@ -42,21 +44,28 @@ class BenchConfig:
     threads: int = field(default=2, metadata={"help": "torch CPU threads while timing"})
 
 
+def _default_students() -> list[StudentSpec]:
+    return [StudentSpec(name="mimic-mlp", block_type="mlp", residual=True),
+            StudentSpec(name="mimic-transformer", block_type="transformer")]
+
+
 @dataclass
 class PipelineConfig:
     out: str = field(default="runs/pipeline", metadata={"help": "output folder"})
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "teacher spec"})
-    distill_data: str = field(default="", metadata={"help": "distillation audio (default: synthetic sentences)"})
+    distill_data: list[str] = field(default_factory=list,
+                                    metadata={"help": "distillation audio (default: synthetic sentences + KS train)"})
     ks_data: str = field(default="", metadata={"help": "Speech Commands root with train/ test/ (default: synthetic)"})
     sentences: SentencesConfig = field(default_factory=lambda: SentencesConfig(speakers=40, utterances_per_speaker=12))
     ks_corpus: SpeechCommandsConfig = field(default_factory=lambda: SpeechCommandsConfig(snr_db=5.0))
-    student: StudentSpec = field(default_factory=StudentSpec)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    students: list[StudentSpec] = field(default_factory=_default_students,
+                                        metadata={"help": "students to distil and compare (YAML list)"})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1200, eval_every=200, save_every=400))
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(steps=400, eval_every=100))
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
-def _timing_batch(data: str, n: int):
+def _timing_batch(data: list[str], n: int):
     items, _ = list_audio(data)
     ds = AudioDataset(items[:n], max_samples=None, random_crop=False)
     return collate_audio([ds[i] for i in range(len(ds))])
@@ -70,68 +79,73 @@ def _model_entry(info, eval_metrics: dict, speed: float) -> dict:
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
+    import students  # noqa: F401  (AutoModel registration)
+    from transformers import AutoModel
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     t_start = time.time()
+    names = [student_name(s) for s in cfg.students]
+    if not names or len(set(names)) != len(names) or "teacher" in names:
+        raise ValueError(f"students need distinct names other than 'teacher', got {names}")
 
     # 1. corpora (cached by their settings)
-    distill_data = cfg.distill_data
-    if not distill_data:
-        distill_data = str(build_sentences(cfg.sentences))
     ks_data = cfg.ks_data
     if not ks_data:
         build_speech_commands(cfg.ks_corpus)
         ks_data = cfg.ks_corpus.out
+    ks_train, _ = resolve_ks_roots(ks_data)
+    distill_data = list(cfg.distill_data) or [str(build_sentences(cfg.sentences)), str(ks_train)]
 
-    # 2. distillation
-    t0 = time.time()
-    run = distill(DistillConfig(teacher=cfg.teacher, data=distill_data, out=str(out / "distill"),
-                                student=cfg.student, train=cfg.train))
-    distill_seconds = time.time() - t0
-
-    # 3. export the best student
-    import students  # noqa: F401
-    from transformers import AutoModel
-
-    student = AutoModel.from_pretrained(out / "distill" / "best").as_teacher()
+    # 2. distil and export every student
+    runs, models = {}, {}
+    for name, spec in zip(names, cfg.students):
+        runs[name] = distill(DistillConfig(teacher=cfg.teacher, data=distill_data, out=str(out / "distill" / name),
+                                           student=spec, train=cfg.train))
+        student = AutoModel.from_pretrained(out / "distill" / name / "best").as_teacher()
+        export_hf(student, out / "students" / name,
+                  extra={"distillation steps": runs[name]["steps"],
+                         "best validation loss": f"{runs[name]['best_valid_loss']:.4f}"})
+        models[name] = student
     teacher = load_teacher(cfg.teacher)
-    export_hf(student, out / "student", extra={"distillation steps": run["steps"],
-                                               "best validation loss": f"{run['best_valid_loss']:.4f}"})
 
-    # 4. SUPERB KS through s3prl, teacher and student
-    evals = {}
-    for name, spec in (("teacher", cfg.teacher), ("student", str(out / "student"))):
-        evals[name] = evaluate(replace(cfg.evaluate, model=spec, data=ks_data, out=str(out / f"eval_{name}")))
+    # 3. SUPERB KS through s3prl, teacher and students
+    specs = {"teacher": cfg.teacher, **{n: str(out / "students" / n) for n in names}}
+    evals = {n: evaluate(replace(cfg.evaluate, model=spec, data=ks_data, out=str(out / "eval" / n)))
+             for n, spec in specs.items()}
 
-    # 5. speed, side by side in this run
+    # 4. speed, side by side in this run
     batch = _timing_batch(distill_data, cfg.bench.utterances)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.bench.threads)
-    speed = seconds_per_audio_second({"teacher": teacher, "student": student}, batch["wav"], batch["lengths"],
+    speed = seconds_per_audio_second({"teacher": teacher, **models}, batch["wav"], batch["lengths"],
                                      rounds=cfg.bench.rounds)
     torch.set_num_threads(threads)
 
-    # 6. report
-    t_info, s_info = teacher.info, student.info
-    models = {"teacher": _model_entry(t_info, evals["teacher"], speed["teacher"]),
-              "student": _model_entry(s_info, evals["student"], speed["student"])}
-    models["teacher"]["name"] = cfg.teacher
-    models["student"].update(
-        name="mimic", path=str(out / "student"), target_layers=list(student.config.target_layers),
-        stack_compression_pct=100.0 * (1 - s_info.params_stack / t_info.params_stack),
-        total_compression_pct=100.0 * (1 - s_info.params_total / t_info.params_total),
-        retention_pct=100.0 * evals["student"]["test_accuracy"] / max(evals["teacher"]["test_accuracy"], 1e-12),
-        speedup=speed["teacher"] / speed["student"],
-    )
+    # 5. report
+    t_info = teacher.info
+    entries = {"teacher": {"name": cfg.teacher, **_model_entry(t_info, evals["teacher"], speed["teacher"])}}
+    for name, student in models.items():
+        s_info = student.info
+        entries[name] = {
+            "name": name, **_model_entry(s_info, evals[name], speed[name]),
+            "path": str(out / "students" / name), "target_layers": list(student.config.target_layers),
+            "block_type": student.config.block_type, "residual": student.config.residual,
+            "stack_compression_pct": 100.0 * (1 - s_info.params_stack / t_info.params_stack),
+            "total_compression_pct": 100.0 * (1 - s_info.params_total / t_info.params_total),
+            "retention_pct": 100.0 * evals[name]["test_accuracy"] / max(evals["teacher"]["test_accuracy"], 1e-12),
+            "speedup": speed["teacher"] / speed[name],
+            "distill": {k: runs[name][k] for k in ("steps", "best_valid_loss", "seconds", "audio_seconds_seen",
+                                                   "files_used", "files_skipped")},
+        }
     report = {
-        "date": date.today().isoformat(), "teacher": cfg.teacher, "models": models,
-        "distill": {k: run[k] for k in ("steps", "best_valid_loss", "seconds", "audio_seconds_seen",
-                                        "files_used", "files_skipped")},
+        "date": date.today().isoformat(), "teacher": cfg.teacher, "models": entries,
+        "distill_data": distill_data,
         "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "chance_accuracy": 1 / 12},
         "timing_batch": {"utterances": len(batch["indices"]), "audio_seconds": float(batch["lengths"].sum()) / 16000,
                          "threads": cfg.bench.threads, "rounds": cfg.bench.rounds},
-        "seconds": {"distill": distill_seconds, "total": time.time() - t_start,
+        "seconds": {"total": time.time() - t_start, **{f"distill_{k}": v["seconds"] for k, v in runs.items()},
                     **{f"eval_{k}": v["seconds"] for k, v in evals.items()}},
     }
     write_json_atomic(out / "report.json", report)
@@ -140,27 +154,36 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
 
 def render_report(r: dict) -> str:
-    t, s = r["models"]["teacher"], r["models"]["student"]
-    rows = [
-        ("parameters, frontend", f"{t['params_frontend']:,}", f"{s['params_frontend']:,}"),
-        ("parameters, stack", f"{t['params_stack']:,}", f"{s['params_stack']:,}"),
-        ("parameters, total", f"{t['params_total']:,}", f"{s['params_total']:,}"),
-        ("layers in the stack", str(t["num_layers"]), str(s["num_layers"])),
-        ("stack compression", "", f"{s['stack_compression_pct']:.1f} %"),
-        ("CPU s per s of audio", f"{t['cpu_seconds_per_audio_second']:.4f}",
-         f"{s['cpu_seconds_per_audio_second']:.4f} ({s['speedup']:.1f}x faster)"),
-        ("KS test accuracy (s3prl SuperbKS)", f"{100 * t['ks_test_accuracy']:.2f} %", f"{100 * s['ks_test_accuracy']:.2f} %"),
-        ("accuracy retention", "", f"{s['retention_pct']:.1f} %"),
-    ]
+    models = r["models"]
+    names = list(models)
+    t = models["teacher"]
+
+    def row(label, fn):
+        return f"| {label} | " + " | ".join(fn(models[n]) for n in names) + " |"
+
+    def student_only(fn):
+        return lambda m: "" if m is t else fn(m)
+
     lines = [f"# stackdistill report ({r['date']})", "",
-             f"Teacher `{r['teacher']}`; student: mimic layers regressing teacher layers {s['target_layers']}.", "",
-             "| | teacher | student |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines += ["", f"KS: {r['ks']['steps']} downstream steps, 12 classes (chance {100 * r['ks']['chance_accuracy']:.1f} %), "
-              f"data `{r['ks']['data']}`.",
-              f"Distillation: {r['distill']['steps']} steps, best validation loss {r['distill']['best_valid_loss']:.4f}, "
-              f"{r['distill']['files_used']} files ({r['distill']['files_skipped']} skipped).",
-              f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
-              f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.",
-              f"Wall time: {r['seconds']['total'] / 60:.1f} min in all.", ""]
+             f"Teacher `{r['teacher']}`. Students replace its stack with mimicking layers that regress teacher "
+             "layers " + ", ".join(f"{n}: {models[n]['target_layers']}" for n in names[1:]) + ".", "",
+             "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+             row("parameters, frontend", lambda m: f"{m['params_frontend']:,}"),
+             row("parameters, stack", lambda m: f"{m['params_stack']:,}"),
+             row("parameters, total", lambda m: f"{m['params_total']:,}"),
+             row("layers in the stack", lambda m: str(m["num_layers"])),
+             row("stack compression", student_only(lambda m: f"{m['stack_compression_pct']:.1f} %")),
+             row("CPU s per s of audio", lambda m: f"{m['cpu_seconds_per_audio_second']:.4f}"),
+             row("speed-up", student_only(lambda m: f"{m['speedup']:.1f}x")),
+             row("KS test accuracy", lambda m: f"{100 * m['ks_test_accuracy']:.2f} %"),
+             row("accuracy retention", student_only(lambda m: f"{m['retention_pct']:.1f} %")),
+             row("distillation (steps, best valid loss)",
+                 student_only(lambda m: f"{m['distill']['steps']}, {m['distill']['best_valid_loss']:.4f}")),
+             "",
+             f"KS: s3prl `SuperbKS`, {r['ks']['steps']} downstream steps, 12 classes "
+             f"(chance {100 * r['ks']['chance_accuracy']:.1f} %), data `{r['ks']['data']}`.",
+             f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
+             f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of "
+             f"audio, {r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.",
+             f"Wall time: {r['seconds']['total'] / 60:.1f} min in all.", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from .mimic import MimicStudent, mimic_from_teacher
 
 @dataclass
 class StudentSpec:
+    name: str = field(default="", metadata={"help": "name in reports (default: <kind>-<block_type>)"})
     kind: str = field(default="mimic", metadata={"help": "student family: mimic"})
     block_type: str = field(default="mlp", metadata={"help": "mimicking layer: mlp or transformer"})
     mimic_dim: int = field(default=64, metadata={"help": "bottleneck width h of each mimicking layer"})
@@ -17,6 +18,10 @@ class StudentSpec:
     num_heads: int = field(default=4, metadata={"help": "attention heads of transformer mimicking layers"})
     residual: bool = field(default=False, metadata={"help": "blocks add to their input"})
     train_frontend: bool = field(default=False, metadata={"help": "fine-tune the copied teacher frontend"})
+
+
+def student_name(spec: StudentSpec) -> str:
+    return spec.name or f"{spec.kind}-{spec.block_type}"
 
 
 def build_student(spec: StudentSpec, teacher, seed: int = 0) -> MimicStudent:

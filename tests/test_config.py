@@ -33,3 +33,13 @@ def test_cli_prints_defaults_and_reports_errors(capsys, tmp_path):
     assert "max_steps: 300" in capsys.readouterr().out
     assert main(["distill", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_every_command_has_working_help(capsys):
+    from distill.cli import _commands
+
+    for name in _commands():
+        with pytest.raises(SystemExit) as exit_:
+            main([*name.split(), "--help"])
+        assert exit_.value.code == 0
+        assert "--config" in capsys.readouterr().out

@@ -89,3 +89,17 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json"):
         load_teacher(str(tmp_path / "empty"))
+
+
+def test_s3prl_upstream_teacher():
+    """``s3prl:<name>`` goes through s3prl's hub (fbank needs no checkpoint download)."""
+    import students
+
+    teacher = load_teacher("s3prl:fbank")
+    wav, lens = _batch([16000, 8000])
+    states, frame_lengths = teacher(wav, lens)
+    assert teacher.num_layers == 0 and len(states) == 1
+    assert states[0].shape == (2, 100, 240) and frame_lengths.tolist() == [100, 50]
+    assert teacher.info.hop == 160
+    with pytest.raises(ValueError, match="no reusable frontend"):
+        students.mimic_from_teacher(teacher)

@@ -1,0 +1,46 @@
+"""The main job end to end on tiny settings: report keys are a contract later issues extend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModel
+
+import students  # noqa: F401
+from distill.config import load_config
+from distill.pipeline import PipelineConfig, run_pipeline
+
+REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_audio_second", "ks_test_accuracy"}
+
+
+@pytest.mark.slow
+def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, sentences_corpus, ks_corpus, tmp_path):
+    cfg = load_config(PipelineConfig, None, {
+        "out": str(tmp_path / "run"), "teacher": str(tiny_whisper_dir), "distill_data": [str(sentences_corpus)],
+        "ks_data": str(ks_corpus), "train.max_steps": 4, "train.eval_every": 2, "train.save_every": 4,
+        "train.batch_seconds": 4.0, "train.crop_seconds": 1.5, "evaluate.steps": 6, "evaluate.eval_every": 3,
+        "evaluate.batch_size": 8, "bench.rounds": 1, "bench.utterances": 2,
+    })
+    report = run_pipeline(cfg)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["models"].keys() == {"teacher", "mimic-mlp", "mimic-transformer"}
+    teacher = saved["models"]["teacher"]
+    for name, entry in saved["models"].items():
+        assert REQUIRED <= entry.keys(), name
+        assert entry["params_total"] == entry["params_frontend"] + entry["params_stack"]
+    for name in ("mimic-mlp", "mimic-transformer"):
+        s = saved["models"][name]
+        assert s["stack_compression_pct"] == pytest.approx(100 * (1 - s["params_stack"] / teacher["params_stack"]))
+        assert s["retention_pct"] == pytest.approx(100 * s["ks_test_accuracy"] / teacher["ks_test_accuracy"])
+        assert s["params_frontend"] == teacher["params_frontend"]
+        AutoModel.from_pretrained(s["path"])  # the export loads
+    assert report["models"]["mimic-mlp"]["residual"] is True
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "mimic-transformer" in md and "KS test accuracy" in md
+
+
+def test_student_names_must_be_distinct(tmp_path):
+    cfg = load_config(PipelineConfig, None, {"out": str(tmp_path), "students": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ValueError, match="distinct"):
+        run_pipeline(cfg)
