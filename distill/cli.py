@@ -24,6 +24,7 @@ def _commands():
 
     from .export import ExportConfig, export
     from .pipeline import PipelineConfig, run_pipeline
+    from .redundancy import AnalyzeConfig, run_analysis
     from .train import DistillConfig, distill
 
     return {
@@ -31,6 +32,8 @@ def _commands():
                      PipelineConfig, run_pipeline),
         "distill": ("distil a student from a teacher on unlabeled audio (accelerate launch works)",
                     DistillConfig, distill),
+        "analyze": ("layer x layer similarity (cosine, CKA, mutual k-NN, dCor), blocks, heatmaps",
+                    AnalyzeConfig, run_analysis),
         "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
         "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
         "corpus ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",

@@ -39,6 +39,7 @@ from .config import save_config, to_dict
 from .data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio, split_items
 from .fsutil import atomic_dir, write_json_atomic
 from .losses import LOSSES, distill_loss
+from .plots import curves
 from .teacher import load_teacher
 
 log = logging.getLogger(__name__)
@@ -100,27 +101,13 @@ def _checkpoints(root: Path) -> list[Path]:
 
 
 def _plot_losses(metrics_path: Path, out_png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-    valid = [(r["step"], r["valid_loss"]) for r in rows if "valid_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train")
-    if valid:
-        ax.plot(*zip(*valid), "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("distillation loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    series = {}
+    for key, label in (("train_loss", "train"), ("valid_loss", "validation")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            series[label] = tuple(map(list, zip(*points)))
+    curves(series, out_png, "step", "distillation loss", "distillation", logy=True)
 
 
 class _Run:

@@ -1,0 +1,60 @@
+"""PNG figures: layer x layer heatmaps with blocks outlined, pruning curves, loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def heatmap(matrix, path: str | Path, title: str, blocks: list[tuple[int, int]] | None = None) -> None:
+    """A ``(L+1, L+1)`` similarity matrix, hidden state 0 at the top left, blocks outlined."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(m, cmap="viridis", vmin=min(0.0, float(np.nanmin(m))), vmax=1.0)
+    for first, last in blocks or []:
+        ax.add_patch(Rectangle((first - 0.5, first - 0.5), last - first + 1, last - first + 1,
+                               fill=False, edgecolor="red", linewidth=2))
+    ticks = range(m.shape[0]) if m.shape[0] <= 16 else range(0, m.shape[0], 2)
+    ax.set_xticks(list(ticks))
+    ax.set_yticks(list(ticks))
+    ax.set_xlabel("hidden state (0 = stack input)")
+    ax.set_ylabel("hidden state")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str,
+           hline: float | None = None, logy: bool = False) -> None:
+    """One line per named series ``{name: (xs, ys)}``; optional dashed reference line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-", label=name)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Layer x layer matrices over a model, and the block structure found in them."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from distill.analysis import (SimilarityAccumulator, SimilaritySettings, distance_correlation, layer_samples,
+                              linear_cka, matrices_from_samples, mutual_knn, similarity_matrices)
+from distill.blocks import boundary_targets, find_blocks
+from distill.config import load_config
+from distill.redundancy import AnalyzeConfig, run_analysis
+
+
+def _block_matrix(sizes, inside=0.9, outside=0.2):
+    n = sum(sizes)
+    s = np.full((n, n), outside)
+    start = 0
+    for size in sizes:
+        s[start:start + size, start:start + size] = inside
+        start += size
+    np.fill_diagonal(s, 1.0)
+    return s
+
+
+@pytest.mark.parametrize("sizes", [[3, 5], [1, 6, 6], [4, 4, 5], [13]])
+def test_blocks_recover_an_obvious_structure(sizes):
+    found = find_blocks(_block_matrix(sizes))
+    starts = np.cumsum([0] + sizes[:-1])
+    assert found.blocks == [(int(a), int(a + s - 1)) for a, s in zip(starts, sizes)]
+
+
+def test_fixed_number_of_blocks_and_targets():
+    s = _block_matrix([3, 5])
+    assert len(find_blocks(s, n_blocks=3).blocks) == 3
+    two = find_blocks(s, n_blocks=2)
+    assert two.boundaries == [2]
+    assert boundary_targets(two, num_layers=7) == [2, 7]
+    assert boundary_targets(find_blocks(s, n_blocks=1), num_layers=7) == [7]
+    with pytest.raises(ValueError, match="n_blocks"):
+        find_blocks(s, n_blocks=9)
+
+
+def _fake_states(n_utts=40, frames=20, dim=6, layers=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n_utts, frames, dim, generator=g)
+    states = [base]
+    for _ in range(layers):
+        states.append(states[-1] @ torch.randn(dim, dim, generator=g) * 0.5 + 0.3 * torch.randn(n_utts, frames, dim, generator=g))
+    lengths = torch.randint(5, frames + 1, (n_utts,), generator=g)
+    return states, lengths
+
+
+def test_streamed_matrix_equals_the_public_measures():
+    states, lengths = _fake_states()
+    settings = SimilaritySettings(mode="whole", max_samples=1000, knn_k=5)
+    acc = SimilarityAccumulator(settings)
+    acc.add([s[:25] for s in states], lengths[:25])  # two pieces, as a stream
+    acc.add([s[25:] for s in states], lengths[25:])
+    mats = acc.result()
+    samples = layer_samples(states, lengths, settings, random.Random(0))
+    assert samples[0].shape == (40, 6)
+    # the utterance vector is the mean over valid frames only
+    torch.testing.assert_close(samples[2][3], states[2][3, : lengths[3]].mean(0))
+    assert mats["linear_cka"][1, 3] == pytest.approx(linear_cka(samples[1], samples[3]))
+    assert mats["mutual_knn"][0, 2] == pytest.approx(mutual_knn(samples[0], samples[2], k=5))
+    assert mats["distance_correlation"][2, 4] == pytest.approx(distance_correlation(samples[2], samples[4]))
+    for m in mats.values():
+        assert m.shape == (5, 5) and np.allclose(m, m.T) and np.allclose(np.diag(m), 1.0)
+
+
+def test_minibatch_mode_averages_batches_and_stays_bounded():
+    states, lengths = _fake_states(n_utts=100)
+    settings = SimilaritySettings(mode="minibatch", batch_size=32, max_batches=2, measures=["linear_cka"])
+    acc = SimilarityAccumulator(settings)
+    acc.add(states, lengths)
+    assert acc.done and acc.batches == 2
+    assert len(acc.buffer[0]) == 0  # nothing kept beyond the batch being filled
+    samples = layer_samples(states, lengths, settings, random.Random(0))
+    first = matrices_from_samples([x[:32] for x in samples], settings)["linear_cka"]
+    second = matrices_from_samples([x[32:64] for x in samples], settings)["linear_cka"]
+    expected = (first + second) / 2
+    np.testing.assert_allclose(acc.result()["linear_cka"], expected)
+
+
+@pytest.mark.parametrize("granularity,width", [("frames", 6), ("crops", 8 * 6)])
+def test_frame_and_crop_granularities(granularity, width):
+    states, lengths = _fake_states()
+    settings = SimilaritySettings(granularity=granularity, frames_per_utterance=3, crop_frames=8)
+    samples = layer_samples(states, lengths, settings, random.Random(0))
+    n = int(lengths.clamp(max=3).sum()) if granularity == "frames" else 40
+    assert samples[0].shape == (n, width)
+
+
+def test_whole_mode_reservoir_keeps_the_cap():
+    states, lengths = _fake_states(n_utts=100)
+    acc = SimilarityAccumulator(SimilaritySettings(mode="whole", max_samples=30, measures=["cosine"]))
+    acc.add(states, lengths)
+    assert len(acc.buffer[0]) == 30 and acc.utterances == 100
+
+
+def test_analyze_on_a_teacher(tiny_whisper_dir, sentences_corpus, tmp_path):
+    cfg = load_config(AnalyzeConfig, None, {"teacher": str(tiny_whisper_dir), "data": [str(sentences_corpus)],
+                                            "out": str(tmp_path), "similarity.batch_size": 8,
+                                            "similarity.max_batches": 2, "similarity.knn_k": 3,
+                                            "crop_seconds": 1.0, "batch_seconds": 8.0})
+    result = run_analysis(cfg)
+    saved = json.loads((tmp_path / "similarity.json").read_text())
+    assert saved["counts"]["minibatches"] == 2 and saved["counts"]["samples"] == 16
+    assert saved["counts"]["utterances"] >= 16 and saved["counts"]["frames"] > 0
+    for m in ("cosine", "linear_cka", "mutual_knn", "distance_correlation"):
+        assert np.array(saved["matrices"][m]).shape == (4, 4)
+        assert (tmp_path / f"heatmap_{m}.png").stat().st_size > 1000
+    assert result["mimic_targets"][-1] == 3
+
+
+def test_similarity_matrices_on_a_model_stream(tiny_whisper_dir):
+    from distill.teacher import load_teacher
+
+    teacher = load_teacher(str(tiny_whisper_dir))
+    g = torch.Generator().manual_seed(0)
+    batches = [{"wav": 0.1 * torch.randn(4, 8000, generator=g), "lengths": torch.tensor([8000, 7000, 6000, 5000])}
+               for _ in range(3)]
+    mats, counts = similarity_matrices(teacher, batches, SimilaritySettings(mode="whole", knn_k=3), progress=False)
+    assert counts["utterances"] == 12 and counts["samples"] == 12
+    assert mats["cosine"].shape == (4, 4)
