@@ -5,8 +5,8 @@ Format (version 6, little-endian): ``u32 version``, string spec name, ``u32 revi
 ``u32 nbytes``, raw data; then ``u32 n_aliases`` and (alias, target) string pairs. A string is
 ``u16 length`` (counting a trailing NUL) then the bytes and the NUL. The whole file is consumed.
 
-:func:`whisper_encoder_state_dict` maps the encoder variables to Hugging Face
-``WhisperModel`` names (``encoder.*``) and :func:`whisper_config` builds the matching
+:func:`whisper_state_dict` maps the variables to Hugging Face ``WhisperModel`` names
+(``encoder.*``, optionally ``decoder.*``) and :func:`whisper_config` builds the matching
 ``WhisperConfig`` from the tensor shapes.
 """
 
@@ -107,14 +107,42 @@ def _float(t: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def whisper_encoder_state_dict(variables: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map CTranslate2 Whisper encoder variables to Hugging Face ``WhisperModel`` names."""
+def _split_fused(sd: dict, prefix: str, w: torch.Tensor, b: torch.Tensor, names: tuple[str, ...], where: str) -> None:
+    """Split a fused projection (rows stacked in ``names`` order); ``k_proj`` has no bias in Whisper."""
+    d = w.shape[1]
+    if w.shape[0] != len(names) * d:
+        raise ValueError(f"{where}: fused weight has shape {tuple(w.shape)}, expected ({len(names) * d}, {d})")
+    for name, w_part, b_part in zip(names, w.split(d, dim=0), b.split(d, dim=0)):
+        sd[f"{prefix}.{name}.weight"] = w_part
+        if name != "k_proj":
+            sd[f"{prefix}.{name}.bias"] = b_part
+
+
+def _layer_common(sd: dict, put, ct: str, hf: str) -> None:
+    put(f"{hf}.self_attn.out_proj.weight", f"{ct}/self_attention/linear_1/weight")
+    put(f"{hf}.self_attn.out_proj.bias", f"{ct}/self_attention/linear_1/bias")
+    put(f"{hf}.self_attn_layer_norm.weight", f"{ct}/self_attention/layer_norm/gamma")
+    put(f"{hf}.self_attn_layer_norm.bias", f"{ct}/self_attention/layer_norm/beta")
+    put(f"{hf}.fc1.weight", f"{ct}/ffn/linear_0/weight")
+    put(f"{hf}.fc1.bias", f"{ct}/ffn/linear_0/bias")
+    put(f"{hf}.fc2.weight", f"{ct}/ffn/linear_1/weight")
+    put(f"{hf}.fc2.bias", f"{ct}/ffn/linear_1/bias")
+    put(f"{hf}.final_layer_norm.weight", f"{ct}/ffn/layer_norm/gamma")
+    put(f"{hf}.final_layer_norm.bias", f"{ct}/ffn/layer_norm/beta")
+
+
+def whisper_state_dict(variables: dict[str, torch.Tensor], decoder: bool = False) -> dict[str, torch.Tensor]:
+    """Map CTranslate2 Whisper variables to Hugging Face ``WhisperModel`` names (``encoder.*``, and
+    with ``decoder=True`` also ``decoder.*``)."""
     sd: dict[str, torch.Tensor] = {}
 
-    def put(hf: str, ct: str) -> None:
+    def get(ct: str) -> torch.Tensor:
         if ct not in variables:
             raise ValueError(f"CTranslate2 Whisper model lacks variable {ct!r}")
-        sd[hf] = _float(variables[ct], ct)
+        return _float(variables[ct], ct)
+
+    def put(hf: str, ct: str) -> None:
+        sd[hf] = get(ct)
 
     for conv in ("conv1", "conv2"):
         put(f"encoder.{conv}.weight", f"encoder/{conv}/weight")
@@ -122,29 +150,32 @@ def whisper_encoder_state_dict(variables: dict[str, torch.Tensor]) -> dict[str, 
     put("encoder.embed_positions.weight", "encoder/position_encodings/encodings")
     put("encoder.layer_norm.weight", "encoder/layer_norm/gamma")
     put("encoder.layer_norm.bias", "encoder/layer_norm/beta")
-    n_layers = num_encoder_layers(variables)
-    for i in range(n_layers):
+    for i in range(num_encoder_layers(variables)):
         ct, hf = f"encoder/layer_{i}", f"encoder.layers.{i}"
-        qkv_w = _float(variables[f"{ct}/self_attention/linear_0/weight"], ct)
-        qkv_b = _float(variables[f"{ct}/self_attention/linear_0/bias"], ct)
-        d = qkv_w.shape[1]
-        if qkv_w.shape[0] != 3 * d:
-            raise ValueError(f"{ct}: fused QKV weight has shape {tuple(qkv_w.shape)}, expected ({3 * d}, {d})")
-        q_w, k_w, v_w = qkv_w.split(d, dim=0)
-        q_b, _k_b, v_b = qkv_b.split(d, dim=0)  # Whisper's key projection has no bias
-        sd[f"{hf}.self_attn.q_proj.weight"], sd[f"{hf}.self_attn.q_proj.bias"] = q_w, q_b
-        sd[f"{hf}.self_attn.k_proj.weight"] = k_w
-        sd[f"{hf}.self_attn.v_proj.weight"], sd[f"{hf}.self_attn.v_proj.bias"] = v_w, v_b
-        put(f"{hf}.self_attn.out_proj.weight", f"{ct}/self_attention/linear_1/weight")
-        put(f"{hf}.self_attn.out_proj.bias", f"{ct}/self_attention/linear_1/bias")
-        put(f"{hf}.self_attn_layer_norm.weight", f"{ct}/self_attention/layer_norm/gamma")
-        put(f"{hf}.self_attn_layer_norm.bias", f"{ct}/self_attention/layer_norm/beta")
-        put(f"{hf}.fc1.weight", f"{ct}/ffn/linear_0/weight")
-        put(f"{hf}.fc1.bias", f"{ct}/ffn/linear_0/bias")
-        put(f"{hf}.fc2.weight", f"{ct}/ffn/linear_1/weight")
-        put(f"{hf}.fc2.bias", f"{ct}/ffn/linear_1/bias")
-        put(f"{hf}.final_layer_norm.weight", f"{ct}/ffn/layer_norm/gamma")
-        put(f"{hf}.final_layer_norm.bias", f"{ct}/ffn/layer_norm/beta")
+        _split_fused(sd, f"{hf}.self_attn", get(f"{ct}/self_attention/linear_0/weight"),
+                     get(f"{ct}/self_attention/linear_0/bias"), ("q_proj", "k_proj", "v_proj"), ct)
+        _layer_common(sd, put, ct, hf)
+    if not decoder:
+        return sd
+    put("decoder.embed_tokens.weight", "decoder/embeddings/weight")
+    put("decoder.embed_positions.weight", "decoder/position_encodings/encodings")
+    put("decoder.layer_norm.weight", "decoder/layer_norm/gamma")
+    put("decoder.layer_norm.bias", "decoder/layer_norm/beta")
+    i = 0
+    while f"decoder/layer_{i}/ffn/linear_0/weight" in variables:
+        ct, hf = f"decoder/layer_{i}", f"decoder.layers.{i}"
+        _split_fused(sd, f"{hf}.self_attn", get(f"{ct}/self_attention/linear_0/weight"),
+                     get(f"{ct}/self_attention/linear_0/bias"), ("q_proj", "k_proj", "v_proj"), ct)
+        _layer_common(sd, put, ct, hf)
+        put(f"{hf}.encoder_attn.q_proj.weight", f"{ct}/attention/linear_0/weight")
+        put(f"{hf}.encoder_attn.q_proj.bias", f"{ct}/attention/linear_0/bias")
+        _split_fused(sd, f"{hf}.encoder_attn", get(f"{ct}/attention/linear_1/weight"),
+                     get(f"{ct}/attention/linear_1/bias"), ("k_proj", "v_proj"), ct)
+        put(f"{hf}.encoder_attn.out_proj.weight", f"{ct}/attention/linear_2/weight")
+        put(f"{hf}.encoder_attn.out_proj.bias", f"{ct}/attention/linear_2/bias")
+        put(f"{hf}.encoder_attn_layer_norm.weight", f"{ct}/attention/layer_norm/gamma")
+        put(f"{hf}.encoder_attn_layer_norm.bias", f"{ct}/attention/layer_norm/beta")
+        i += 1
     return sd
 
 
@@ -169,10 +200,38 @@ def whisper_config(variables: dict[str, torch.Tensor]):
     n_layers = num_encoder_layers(variables)
     n_pos = variables["encoder/position_encodings/encodings"].shape[0]
     vocab = variables["decoder/embeddings/weight"].shape[0] if "decoder/embeddings/weight" in variables else 51865
+    n_dec = 0
+    while f"decoder/layer_{n_dec}/ffn/linear_0/weight" in variables:
+        n_dec += 1
+    dec_heads = variables.get("decoder/num_heads")
+    dec_heads = int(dec_heads.item()) if dec_heads is not None else heads
+    dec_ffn = variables["decoder/layer_0/ffn/linear_0/weight"].shape[0] if n_dec else ffn
+    dec_pos = variables["decoder/position_encodings/encodings"].shape[0] if n_dec else 448
     return WhisperConfig(
         vocab_size=vocab, num_mel_bins=n_mels, d_model=d_model,
-        encoder_layers=n_layers, decoder_layers=n_layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
-        max_source_positions=n_pos, max_target_positions=448,
+        encoder_layers=n_layers, decoder_layers=n_dec or n_layers,
+        encoder_attention_heads=heads, decoder_attention_heads=dec_heads,
+        encoder_ffn_dim=ffn, decoder_ffn_dim=dec_ffn,
+        max_source_positions=n_pos, max_target_positions=dec_pos,
     )
+
+
+def load_hf_whisper(folder, cls=None):
+    """A full Hugging Face Whisper model (encoder and decoder, float32) from a CTranslate2 folder.
+
+    ``cls`` defaults to ``WhisperModel``; pass ``WhisperForConditionalGeneration`` to decode
+    (its output projection is tied to the token embeddings, as CTranslate2 stores them).
+    """
+    from transformers import WhisperModel
+
+    cls = cls or WhisperModel
+    variables, _ = read_ct2_model(folder)
+    model = cls(whisper_config(variables))
+    prefix = "model." if hasattr(model, "model") else ""
+    sd = {prefix + k: v.float() for k, v in whisper_state_dict(variables, decoder=True).items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "proj_out.weight"]  # tied to decoder.embed_tokens
+    if missing or unexpected:
+        raise ValueError(f"{folder}: CTranslate2 weights do not fit {cls.__name__} "
+                         f"(missing {missing}, unexpected {unexpected})")
+    return model.eval()

@@ -137,12 +137,12 @@ def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
     """A CTranslate2 Whisper model folder, converted to a float32 Hugging Face encoder."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from .ct2 import read_ct2_model, whisper_config, whisper_encoder_state_dict
+    from .ct2 import read_ct2_model, whisper_config, whisper_state_dict
 
     variables, _meta = read_ct2_model(folder)
     config = whisper_config(variables)
     encoder = WhisperEncoder(config)
-    sd = {k[len("encoder."):]: v.float() for k, v in whisper_encoder_state_dict(variables).items()}
+    sd = {k[len("encoder."):]: v.float() for k, v in whisper_state_dict(variables).items()}
     missing, unexpected = encoder.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder}: CTranslate2 weights do not fit WhisperEncoder "
