@@ -150,6 +150,7 @@ class SimilaritySettings:
     crop_frames: int = field(default=49, metadata={"help": "crops mode: frames per crop (49 = 1 s at 20 ms)"})
     knn_k: int = field(default=10, metadata={"help": "neighbours for mutual k-NN"})
     cka_unbiased: bool = field(default=False, metadata={"help": "unbiased HSIC estimator for CKA"})
+    l2_normalize: bool = field(default=False, metadata={"help": "L2-normalise each sample first (as CoMFLP does)"})
     seed: int = 0
 
 
@@ -159,6 +160,13 @@ def layer_samples(states: list[torch.Tensor], frame_lengths: torch.Tensor, setti
 
     The same utterances, frames or crops (same order) are taken from every layer.
     """
+    samples = _raw_layer_samples(states, frame_lengths, settings, rng)
+    if settings.l2_normalize:
+        samples = [torch.nn.functional.normalize(x, dim=1, eps=1e-12) for x in samples]
+    return samples
+
+
+def _raw_layer_samples(states, frame_lengths, settings: SimilaritySettings, rng: random.Random):
     g = settings.granularity
     if g == "utterance":
         mask = lengths_to_mask(frame_lengths, states[0].shape[1]).unsqueeze(-1).to(states[0].dtype)

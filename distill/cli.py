@@ -24,6 +24,7 @@ def _commands():
 
     from .export import ExportConfig, export
     from .pipeline import PipelineConfig, run_pipeline
+    from .prune_run import PruneConfig, run_prune
     from .redundancy import AnalyzeConfig, run_analysis
     from .train import DistillConfig, distill
 
@@ -34,6 +35,7 @@ def _commands():
                     DistillConfig, distill),
         "analyze": ("layer x layer similarity (cosine, CKA, mutual k-NN, dCor), blocks, heatmaps",
                     AnalyzeConfig, run_analysis),
+        "prune": ("pruning curves per ordering and CoMFLP search, without retraining", PruneConfig, run_prune),
         "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
         "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
         "corpus ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",

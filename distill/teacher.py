@@ -62,12 +62,16 @@ class Teacher(nn.Module):
     """A frozen model = ``frontend`` + ``stack``; see the module docstring for the call."""
 
     def __init__(self, name: str, arch: str, frontend: nn.Module, stack: nn.Module, config=None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, hf_model: nn.Module | None = None, ct2_folder: str | None = None):
         super().__init__()
         self.name, self.arch, self.config = name, arch, config
         self.frontend = frontend
         self.stack = stack
         self.forward_dtype = dtype
+        # The whole Hugging Face model (same parameter objects as frontend and stack), kept for
+        # saving pruned copies; not registered as a submodule so it is not counted twice.
+        object.__setattr__(self, "hf_model", hf_model)
+        self.ct2_folder = ct2_folder
         self.requires_grad_(False)
         self.eval()
 
@@ -104,15 +108,16 @@ class Teacher(nn.Module):
         return feats.float(), [s.float() for s in states], frame_lengths
 
 
-def _from_hf_model(name: str, model, config) -> Teacher:
+def _from_hf_model(name: str, model) -> Teacher:
+    config = model.config  # from_pretrained copies the config it is given: use the model's own
     arch = config.model_type
     if arch == "whisper":
         enc = model.encoder if hasattr(model, "encoder") else model.model.encoder
         return Teacher(name, "whisper", WhisperFrontend(config, enc.conv1, enc.conv2, enc.embed_positions),
-                       WhisperStack(enc.layers, enc.layer_norm), config)
+                       WhisperStack(enc.layers, enc.layer_norm), config, hf_model=model)
     if arch in SSL_ARCHS:
         return Teacher(name, arch, SSLFrontend(arch, config, model.feature_extractor, model.feature_projection),
-                       SSLStack(model.encoder), config)
+                       SSLStack(model.encoder), config, hf_model=model)
     raise ValueError(f"{name}: model type {arch!r} is not a supported teacher; supported: {SSL_ARCHS + ('whisper',)}")
 
 
@@ -130,7 +135,7 @@ def load_hf_teacher(spec: str) -> Teacher:
         model.name = str(spec)
         return model.as_teacher()
     model = AutoModel.from_pretrained(spec, config=config)
-    return _from_hf_model(str(spec), model, config)
+    return _from_hf_model(str(spec), model)
 
 
 def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
@@ -149,7 +154,7 @@ def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
                          f"(missing {missing}, unexpected {unexpected})")
     return Teacher(name or f"ct2:{folder}", "whisper",
                    WhisperFrontend(config, encoder.conv1, encoder.conv2, encoder.embed_positions),
-                   WhisperStack(encoder.layers, encoder.layer_norm), config)
+                   WhisperStack(encoder.layers, encoder.layer_norm), config, ct2_folder=str(folder))
 
 
 def offline_whisper_folder() -> Path:

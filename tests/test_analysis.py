@@ -128,3 +128,9 @@ def test_similarity_matrices_on_a_model_stream(tiny_whisper_dir):
     mats, counts = similarity_matrices(teacher, batches, SimilaritySettings(mode="whole", knn_k=3), progress=False)
     assert counts["utterances"] == 12 and counts["samples"] == 12
     assert mats["cosine"].shape == (4, 4)
+
+
+def test_l2_normalised_samples_have_unit_rows():
+    states, lengths = _fake_states()
+    samples = layer_samples(states, lengths, SimilaritySettings(l2_normalize=True), random.Random(0))
+    torch.testing.assert_close(samples[3].norm(dim=1), torch.ones(40))
