@@ -90,9 +90,11 @@ def fine_search(proposals: list[tuple[tuple[int, ...], float]], build: Callable,
     """
     if not proposals:
         raise ValueError("fine search needs at least one proposal")
+    from tqdm import tqdm
+
     t0 = time.time()
     candidates = []
-    for removed, corr_score in proposals:
+    for removed, corr_score in tqdm(proposals, desc="CoMFLP fine search"):
         t = time.time()
         value = float(metric(build(removed)))
         candidates.append({"removed": list(removed), "corr_score": corr_score, "metric": value,

@@ -104,7 +104,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     if not ks_data:
         build_speech_commands(cfg.ks_corpus)
         ks_data = cfg.ks_corpus.out
-    ks_train, _ = resolve_ks_roots(ks_data)
+    ks_train, _ = resolve_ks_roots(ks_data, cfg.evaluate.test_data)
     distill_data = list(cfg.distill_data) or [str(build_sentences(cfg.sentences)), str(ks_train)]
 
     # 2. layer similarity and its blocks; the boundary is where mimic students aim

@@ -48,6 +48,9 @@ def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, 
         ax.plot(xs, ys, "o-", label=name)
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -13,12 +13,14 @@ Output folder::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from tasks.keyword_spotting import EvaluateConfig, evaluate
 from tasks.probe import ProbeConfig, run_probe
 
 from .analysis import SimilaritySettings, similarity_matrices
@@ -46,8 +48,11 @@ class PruneConfig:
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "teacher spec"})
     data: list[str] = field(default_factory=list, metadata={"help": "unlabeled audio for correlations"})
     out: str = field(default="runs/prune", metadata={"help": "output folder"})
-    metric: str = field(default="probe", metadata={"help": "probe (accuracy) or reconstruction (last-layer MSE)"})
+    metric: str = field(default="probe",
+                        metadata={"help": "probe (accuracy), reconstruction (last-layer MSE) or ks (s3prl, valid acc.)"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    ks: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(steps=200, eval_every=100),
+                               metadata={"help": "ks metric: s3prl SuperbKS settings (data = KS root)"})
     orderings: list[str] = field(default_factory=lambda: list(ORDERINGS), metadata={"help": "curve orderings"})
     max_remove: int = field(default=0, metadata={"help": "largest number of removed layers on the curve (0: L-1)"})
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
@@ -59,8 +64,25 @@ class PruneConfig:
     seed: int = 0
 
 
-def _metric_fn(cfg: PruneConfig, teacher, batches):
+def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
     """``(fn(model) -> float, higher_is_better, name)`` for the configured task metric."""
+    if cfg.metric == "ks":
+        if not cfg.ks.data:
+            raise ValueError("the ks metric needs ks.data=<Speech Commands root>")
+
+        def ks_valid_accuracy(model) -> float:
+            removed = getattr(model, "pruned_from", {}).get("removed", [])
+            tag = "full" if not removed else "without_" + "_".join(map(str, removed))
+            folder = out / "candidates" / tag
+            if removed:
+                save_pruned(model, folder / "model")
+            spec = str(folder / "model") if removed else cfg.teacher
+            # select on s3prl's validation split: the test set stays untouched by the search
+            value = evaluate(replace(cfg.ks, model=spec, out=str(folder / "ks")))["valid_best_accuracy"]
+            if value is None:
+                raise RuntimeError(f"s3prl wrote no validation accuracy under {folder / 'ks'}")
+            return value
+        return ks_valid_accuracy, True, "KS validation accuracy (s3prl)"
     if cfg.metric == "probe":
         if not cfg.probe.data:
             raise ValueError("the probe metric needs probe.data=<Speech Commands train root>")
@@ -79,7 +101,7 @@ def _metric_fn(cfg: PruneConfig, teacher, batches):
                     n += int(mask.sum())
             return err / n
         return reconstruction, False, "last-layer MSE"
-    raise ValueError(f"metric must be probe or reconstruction, got {cfg.metric!r}")
+    raise ValueError(f"metric must be probe, reconstruction or ks, got {cfg.metric!r}")
 
 
 def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
@@ -110,7 +132,7 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
     write_json_atomic(out / "similarity.json", {"model": teacher.name, "counts": counts,
                                                 "matrices": {m: v.tolist() for m, v in mats.items()},
                                                 "blocks": blocks.to_dict(), "block_influence": influence})
-    metric, higher, metric_name = _metric_fn(cfg, teacher, batches[:4])
+    metric, higher, metric_name = _metric_fn(cfg, teacher, batches[:4], out)
 
     # pruning curves: one metric per (ordering, number removed); shared prefixes are built once
     max_remove = cfg.max_remove or num_layers - 1
@@ -122,12 +144,14 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
             cache[key] = metric(prune(teacher, key) if key else teacher)
         return cache[key]
 
-    curve = {}
-    for name in cfg.orderings:
-        order = removal_order(name, num_layers, influence, mats[cfg.block_measure], blocks)
-        curve[name] = {"order": order,
-                       "removed": list(range(max_remove + 1)),
-                       "metric": [score(tuple(order[:k])) for k in range(max_remove + 1)]}
+    orders = {name: removal_order(name, num_layers, influence, mats[cfg.block_measure], blocks)
+              for name in cfg.orderings}
+    todo = {tuple(sorted(o[:k])) for o in orders.values() for k in range(max_remove + 1)}
+    for removed in tqdm(sorted(todo, key=len), desc="pruning curves"):
+        score(removed)
+    curve = {name: {"order": order, "removed": list(range(max_remove + 1)),
+                    "metric": [score(tuple(order[:k])) for k in range(max_remove + 1)]}
+             for name, order in orders.items()}
     full = curve[cfg.orderings[0]]["metric"][0]
     write_json_atomic(out / "curve.json", {"metric": metric_name, "higher_is_better": higher,
                                            "num_layers": num_layers, "full_model": full, "orderings": curve})

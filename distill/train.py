@@ -326,7 +326,10 @@ class _Run:
         bar.close()
         elapsed = time.time() - t0
         self._write_rank_report(start_step)
-        self.acc.wait_for_everyone()
+        from accelerate.utils import gather_object
+
+        for rank_skips in gather_object([self.skipped]):  # files skipped on every rank
+            self.skipped.update(rank_skips)
         summary = {
             "steps": self.step, "resumed_from_step": start_step, "seconds": elapsed,
             "seconds_per_step": elapsed / max(1, self.step - start_step),

@@ -4,8 +4,9 @@
 For each model (Whisper tiny.en, and random wav2vec2-style models of 12 and 24 layers) and each
 number of utterances, the teacher forward pass over the audio is timed alone, then the analysis
 (the forward pass included) with all four measures; the figure reported is
-``analysis_seconds / forward_seconds`` measured in the same run, plus the peak resident memory
-growth (tracemalloc for Python-side allocations; ru_maxrss for the process). Writes JSON.
+``analysis_seconds / forward_seconds`` measured in the same run (forward timed before and after,
+mean taken), plus the peak growth of the process's resident memory during the analysis
+(sampled every 5 ms). Memory should not grow with the number of utterances. Writes JSON.
 
     .venv/bin/python scripts/bench_analysis.py --out runs/bench_analysis.json
 """
@@ -13,12 +14,14 @@ growth (tracemalloc for Python-side allocations; ru_maxrss for the process). Wri
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import resource
 import sys
+import threading
 import time
-import tracemalloc
 from pathlib import Path
+
+import psutil
 
 import torch
 
@@ -48,10 +51,41 @@ def batches(n_utts: int, seconds: float = 1.0, per_batch: int = 16):
     return out
 
 
+class PeakRSS:
+    """Context manager: peak resident memory growth (MB) over the block, sampled in a thread."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.growth_mb = (self.peak - self.base) / 2**20
+
+
+def time_forward(model, data) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b in data:
+            model(b["wav"], b["lengths"])
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_analysis.json")
     p.add_argument("--utterances", default="128,512", help="comma-separated numbers of 1 s utterances")
+    p.add_argument("--granularities", default="utterance,crops", help="comma-separated granularities")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,27 +96,24 @@ def main() -> None:
     rows = []
     for label, spec in models.items():
         model = load_teacher(spec)
-        for n in [int(x) for x in args.utterances.split(",")]:
+        for granularity, n in itertools.product(args.granularities.split(","),
+                                                [int(x) for x in args.utterances.split(",")]):
             data = batches(n)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                for b in data:
-                    model(b["wav"], b["lengths"])
-            forward = time.perf_counter() - t0
-            settings = SimilaritySettings(mode="minibatch", batch_size=128, max_batches=10_000)
-            tracemalloc.start()
-            t0 = time.perf_counter()
-            _, counts = similarity_matrices(model, data, settings, progress=False)
-            total = time.perf_counter() - t0
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-            row = {"model": label, "layers": model.num_layers, "utterances": n, "forward_seconds": forward,
+            before = time_forward(model, data)
+            settings = SimilaritySettings(mode="minibatch", batch_size=128, max_batches=10_000,
+                                          granularity=granularity, crop_frames=49)
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                _, counts = similarity_matrices(model, data, settings, progress=False)
+                total = time.perf_counter() - t0
+            forward = (before + time_forward(model, data)) / 2
+            row = {"model": label, "layers": model.num_layers, "granularity": granularity, "utterances": n,
+                   "forward_seconds": forward,
                    "analysis_seconds_incl_forward": total, "ratio_to_forward": total / forward,
-                   "minibatches": counts["minibatches"], "python_peak_mb": peak / 2**20,
-                   "process_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                   "minibatches": counts["minibatches"], "peak_rss_growth_mb": mem.growth_mb}
             rows.append(row)
-            print(f"{label:28s} {n:5d} utts  forward {forward:6.2f}s  analysis {total:6.2f}s  "
-                  f"ratio {row['ratio_to_forward']:5.2f}  py-peak {row['python_peak_mb']:7.1f} MB")
+            print(f"{label:28s} {granularity:9s} {n:5d} utts  forward {forward:6.2f}s  analysis {total:6.2f}s  "
+                  f"ratio {row['ratio_to_forward']:5.2f}  peak RSS growth {mem.growth_mb:7.1f} MB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
     print(f"wrote {args.out}")

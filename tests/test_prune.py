@@ -147,3 +147,19 @@ def test_prune_command_writes_curves_and_search(tiny_whisper_dir, sentences_corp
     assert (tmp_path / "curve.png").is_file() and (tmp_path / "pruned" / "config.json").is_file()
     assert load_teacher(str(tmp_path / "pruned")).num_layers == 2
     assert result["search"]["seconds"]["coarse"] < result["search"]["seconds"]["fine"]
+
+
+@pytest.mark.slow
+def test_ks_metric_scores_a_pruned_model_on_the_validation_split(tiny_whisper_dir, ks_corpus, tmp_path):
+    from distill.prune_run import _metric_fn
+
+    teacher = load_teacher(str(tiny_whisper_dir))
+    cfg = load_config(PruneConfig, None, {"teacher": str(tiny_whisper_dir), "metric": "ks",
+                                          "ks.data": str(ks_corpus), "ks.steps": 6, "ks.eval_every": 3,
+                                          "ks.batch_size": 8})
+    fn, higher, name = _metric_fn(cfg, teacher, [], tmp_path)
+    value = fn(prune(teacher, [3]))
+    assert higher and "validation" in name and 0.0 <= value <= 1.0
+    saved = json.loads((tmp_path / "candidates" / "without_3" / "ks" / "metrics.json").read_text())
+    assert saved["valid_best_accuracy"] == value
+    assert load_teacher(str(tmp_path / "candidates" / "without_3" / "model")).num_layers == 2

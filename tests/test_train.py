@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -89,8 +90,16 @@ def test_two_process_accelerate_launch(tiny_whisper_dir, sentences_corpus, tmp_p
            "--teacher", str(tiny_whisper_dir), "--data", str(sentences_corpus), "--out", str(out),
            "--train.max_steps", "6", "--train.batch_seconds", "4", "--train.crop_seconds", "1.5",
            "--train.eval_every", "3", "--train.save_every", "3", "--student.mimic_dim", "16"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # own session: on a timeout the launcher *and* its ranks are killed, none left holding the CPU
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"2-process run timed out; its output ended with:\n{stderr[-3000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     ranks = [json.loads((out / "ranks" / f"rank_{r}.json").read_text()) for r in (0, 1)]
     assert all(r["num_processes"] == 2 and r["steps"] == 6 and r["indices"] for r in ranks)
     # in each epoch the two ranks see different utterances
