@@ -127,6 +127,11 @@ def test_probe_beats_chance_with_a_pretrained_teacher(ks_corpus, tmp_path):
     assert len(list(tmp_path.glob("features_*.npz"))) == 1
     again = run_probe(teacher, cfg)  # from the cache: same features, same seeded probe
     assert again["accuracy"] == result["accuracy"]
+    # speaker identity from the same (cached) features: 12 espeak speakers, random utterance split
+    speakers = run_probe(teacher, ProbeConfig(data=cfg.data, label="speaker", max_utterances=0,
+                                              cache_dir=cfg.cache_dir, epochs=40))
+    assert speakers["classes"] == 12 and speakers["accuracy"] > 3 * speakers["chance"]
+    assert len(list(tmp_path.glob("features_*.npz"))) == 1
 
 
 @pytest.mark.slow
