@@ -314,7 +314,7 @@ class _Run:
                     self.save_checkpoint()
                 if t.interrupt_after is not None and self.step >= t.interrupt_after:
                     bar.close()
-                    self.acc.end_training()
+                    self._finish()
                     raise TrainingInterrupted(f"stopped after step {self.step} (train.interrupt_after)")
                 if self.step >= t.max_steps:
                     break
@@ -341,8 +341,20 @@ class _Run:
         if self.main:
             write_json_atomic(self.out / "summary.json", summary)
             _plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
-        self.acc.end_training()
+        self._finish()
         return summary
+
+    def _finish(self) -> None:
+        """Release the DDP wrapper on every rank *before* the process group goes away.
+
+        ``end_training`` destroys the process group; a DDP reducer freed after that tears down
+        gloo while the other rank may already have exited, which can hang forever.
+        """
+        self.acc.wait_for_everyone()
+        self.model = self.optimizer = None
+        self.acc.free_memory()
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
 
     def _write_rank_report(self, start_step: int) -> None:
         rank = self.acc.process_index
