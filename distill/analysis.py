@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .frontends import lengths_to_mask
+from .core import masked_mean
 
 
 def _as64(a) -> torch.Tensor:
@@ -169,9 +169,7 @@ def layer_samples(states: list[torch.Tensor], frame_lengths: torch.Tensor, setti
 def _raw_layer_samples(states, frame_lengths, settings: SimilaritySettings, rng: random.Random):
     g = settings.granularity
     if g == "utterance":
-        mask = lengths_to_mask(frame_lengths, states[0].shape[1]).unsqueeze(-1).to(states[0].dtype)
-        n = frame_lengths.clamp(min=1).to(states[0].dtype)[:, None]
-        return [(s * mask).sum(1) / n for s in states]
+        return [masked_mean(s, frame_lengths) for s in states]
     if g == "frames":
         picks = []
         for b, n in enumerate(frame_lengths.tolist()):
@@ -300,11 +298,13 @@ class SimilarityAccumulator:
 
 
 @torch.no_grad()
-def similarity_matrices(model, batches, settings: SimilaritySettings | None = None, progress: bool = True):
+def similarity_matrices(model, batches, settings: SimilaritySettings | None = None, progress: bool = True,
+                        skips=None):
     """Stream ``batches`` (dicts with ``wav (batch, samples)`` and ``lengths``) through ``model``.
 
     Returns ``(matrices, counts)``: ``{measure: (L+1, L+1) array}`` and how many utterances,
-    frames, samples and mini-batches were used. Works for teachers and students alike.
+    frames, samples and mini-batches were used. Works for teachers and students alike. Files a
+    batch dropped as unreadable are noted in ``skips`` (a :class:`distill.data.SkipTally`).
     """
     from tqdm import tqdm
 
@@ -312,6 +312,8 @@ def similarity_matrices(model, batches, settings: SimilaritySettings | None = No
     acc = SimilarityAccumulator(settings)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for batch in tqdm(batches, desc="similarity", disable=not progress):
+        if skips is not None:
+            skips.note(batch.get("skipped", []))
         if batch.get("wav") is None:
             continue
         states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))

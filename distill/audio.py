@@ -13,7 +13,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-SAMPLE_RATE = 16_000
+from .core import SAMPLE_RATE
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".raw")
 RAW_PCM_RATE = SAMPLE_RATE  # headerless .raw files are read as 16 kHz signed 16-bit mono
 

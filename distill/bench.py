@@ -28,3 +28,40 @@ def seconds_per_audio_second(models: dict[str, torch.nn.Module], wav: torch.Tens
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) / audio_seconds for name, ts in times.items()}
+
+
+def train_step_seconds(student, teacher, batches: list[dict], steps: int = 6, warmup: int = 2,
+                       loss: str | None = None) -> float:
+    """Median wall seconds of one optimizer step of ``student``'s stack (forward, backward, AdamW).
+
+    The teacher's targets for ``batches`` are computed beforehand and not timed: every student
+    pays the same teacher cost, so this isolates what the student's own architecture costs
+    (e.g. a shared-layer student at a sampled depth against a non-shared one at full depth).
+    """
+    from .core import TeacherTargets
+    from .losses import pairs_loss
+
+    if not batches:
+        raise ValueError("train_step_seconds needs at least one batch")
+    prepared = []
+    for b in batches:
+        feats, states, fl = teacher.features_and_states(b["wav"], b["lengths"])
+        prepared.append((feats, TeacherTargets(states, fl, teacher.final_norm), fl))
+    stack = student.stack
+    stack.train()
+    params = [p for p in stack.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    times = []
+    for step in range(warmup + steps):
+        feats, targets, fl = prepared[step % len(prepared)]
+        kwargs = student.step_kwargs(step)
+        t0 = time.perf_counter()
+        outputs = stack(feats, fl, **kwargs)
+        total, _ = pairs_loss(student.distill_pairs(outputs, targets, **kwargs), fl, loss or student.default_loss)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    stack.eval()
+    return statistics.median(times)

@@ -85,16 +85,33 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _sections(cls) -> dict[str, type]:
+    """Open sections of a config class (``config_sections()`` hook, e.g. one per student kind).
+
+    Such a class keeps them in its ``sections`` dict field; each is a typed dataclass of its own.
+    """
+    hook = getattr(cls, "config_sections", None)
+    return hook() if hook is not None else {}
+
+
+def _plain_fields(cls) -> list[dataclasses.Field]:
+    skip = {"sections"} if hasattr(cls, "config_sections") else set()
+    return [f for f in dataclasses.fields(cls) if f.name not in skip]
+
+
 def _from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     types_ = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = {f.name for f in _plain_fields(cls)}
+    sections = _sections(cls)
+    unknown = set(data) - names - set(sections)
     if unknown:
         raise ValueError(
             f"unknown config field(s) {sorted(prefix + u for u in unknown)}; "
-            f"known: {sorted(prefix + n for n in names)}"
+            f"known: {sorted(prefix + n for n in names | set(sections))}"
         )
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items() if k in names}
+    if sections:
+        kwargs["sections"] = {k: _coerce(v, sections[k], prefix + k) for k, v in data.items() if k in sections}
     return cls(**kwargs)
 
 
@@ -102,7 +119,10 @@ def to_dict(cfg) -> dict:
     """Plain-dict view of a config (tuples become lists) for YAML/JSON."""
     def conv(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {f.name: conv(getattr(v, f.name)) for f in _plain_fields(type(v))}
+            if hasattr(v, "config_sections"):  # open sections: only those the object says matter
+                out.update({k: conv(v.section(k)) for k in v.saved_sections()})
+            return out
         if isinstance(v, (list, tuple)):
             return [conv(x) for x in v]
         if isinstance(v, Path):
@@ -168,12 +188,14 @@ def save_config(cfg, path: str | Path) -> None:
 
 def _leaf_fields(cls, prefix: str = ""):
     types_ = _field_types(cls)
-    for f in dataclasses.fields(cls):
+    for f in _plain_fields(cls):
         tp, _ = _strip_optional(types_[f.name])
         if dataclasses.is_dataclass(tp):
             yield from _leaf_fields(tp, prefix + f.name + ".")
         else:
             yield prefix + f.name, f
+    for name, section in _sections(cls).items():
+        yield from _leaf_fields(section, prefix + name + ".")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:

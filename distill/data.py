@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
+from .core import pad_waveforms
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,26 @@ class AudioDataset(Dataset):
         return {"wav": wav, "index": i}
 
 
+class SkipTally:
+    """Every file skipped in a command: logged once with its reason, counted, reported.
+
+    ``SkipTally(scan_skipped)`` starts from the files whose header could not be read;
+    :meth:`note` adds those a batch dropped when loading (empty, NaN, truncated, too short).
+    """
+
+    def __init__(self, initial: list[SkipRecord] | None = None):
+        self.reasons: dict[str, str] = {s.path: s.reason for s in initial or []}
+
+    def note(self, records: list[SkipRecord]) -> None:
+        for s in records:
+            if s.path not in self.reasons:
+                log.warning("skipping %s: %s", s.path, s.reason)
+            self.reasons[s.path] = s.reason
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+
 def collate_audio(examples: list[dict]) -> dict:
     """Pad a list of examples into ``wav (batch, samples)`` + ``lengths (batch,)``.
 
@@ -184,10 +205,7 @@ def collate_audio(examples: list[dict]) -> dict:
     skipped = [e["skip"] for e in examples if "skip" in e]
     if not good:
         return {"wav": None, "lengths": None, "indices": [], "skipped": skipped}
-    lengths = torch.tensor([e["wav"].numel() for e in good], dtype=torch.long)
-    wav = torch.zeros(len(good), int(lengths.max()))
-    for row, e in enumerate(good):
-        wav[row, : e["wav"].numel()] = e["wav"]
+    wav, lengths = pad_waveforms([e["wav"] for e in good])
     return {"wav": wav, "lengths": lengths, "indices": [e["index"] for e in good], "skipped": skipped}
 
 
@@ -253,3 +271,14 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def batches_per_epoch(self) -> int:
         return math.ceil(len(self._all_batches()) / self.num_replicas)
+
+
+def analysis_batches(data: list[str], crop_seconds: float, batch_seconds: float, max_utterances: int, seed: int):
+    """Deterministic batches over (a seeded subset of) the data, utterances cropped from the start."""
+    items, skipped = list_audio(data)
+    if max_utterances and len(items) > max_utterances:
+        items = sorted(random.Random(seed).sample(items, max_utterances), key=lambda i: i.path)
+    ds = AudioDataset(items, int(crop_seconds * SAMPLE_RATE), random_crop=False, seed=seed)
+    sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))],
+                                       int(batch_seconds * SAMPLE_RATE), shuffle=True, seed=seed)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio), skipped

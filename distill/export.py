@@ -1,76 +1,192 @@
-"""Export a student as a Hugging Face folder others can load.
+"""Export a student as a folder others load without stackdistill.
 
-``config.json`` + ``model.safetensors`` + ``README.md`` (a short model card). Load it with::
+* Students made of the teacher's own layers (pruned, DistilHuBERT-style backbone, shared at a
+  chosen depth) become a plain folder of the teacher's Hugging Face architecture
+  (``HubertModel``, ``Wav2Vec2Model``, ``WavLMModel``, ``Data2VecAudioModel``, or a
+  ``WhisperEncoder``), with ``preprocessor_config.json``; transformers alone loads it, and so do
+  stock s3prl's ``hf_hubert_custom`` / ``hf_wav2vec2_custom`` upstreams.
+* Other students (mimic) are saved with their modelling code in the folder and an ``auto_map``,
+  so ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` loads them without
+  ``import students``. A kind whose code lives outside ``students/`` is saved as a stackdistill
+  folder (loading it needs that code imported).
 
-    import students                      # registers the stackdistill model types
-    from transformers import AutoModel
-    model = AutoModel.from_pretrained(folder)
-    hidden_states, frame_lengths = model(wav, lengths)
+Every export carries a model card (``README.md``) written from the student's own description.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+OUR_PACKAGES = ("distill", "students")
 
 
 @dataclass
 class ExportConfig:
-    model: str = field(default="", metadata={"help": "run folder (its best/ student) or a student folder"})
+    model: str = field(default="", metadata={"help": "distillation run folder (its best/ student) or a student folder"})
     out: str = field(default="", metadata={"help": "destination folder"})
-    format: str = field(default="hf", metadata={"help": "hf (Hugging Face folder)"})
+    format: Literal["hf"] = field(default="hf", metadata={"help": "hf (Hugging Face folder)"})
+    depth: int = field(default=0, metadata={"help": "shared students: depth to export (0: the student's own)"})
 
 
-def _student_folder(path: Path) -> Path:
+def student_folder(path: str | Path) -> Path:
+    """The student folder of a run (``best/``, else ``last/``) or the folder itself."""
+    path = Path(path)
     for candidate in (path, path / "best", path / "last"):
         if (candidate / "config.json").is_file():
             return candidate
     raise ValueError(f"{path}: no student found (expected config.json here or in best/ or last/)")
 
 
-def model_card(student, extra: dict | None = None) -> str:
+def load_student(path: str | Path):
+    """A stackdistill student from a run or student folder, frozen, named by its folder."""
+    from transformers import AutoModel
+
+    import students  # noqa: F401  (registers the student kinds)
+
+    folder = student_folder(path)
+    config = json.loads((folder / "config.json").read_text())
+    if not str(config.get("model_type", "")).startswith("stackdistill"):
+        raise ValueError(f"{folder}: not a stackdistill student (model_type {config.get('model_type')!r})")
+    model = AutoModel.from_pretrained(folder)
+    model.name = str(folder)
+    return model.as_teacher()
+
+
+# -- model card ---------------------------------------------------------------------------------
+
+def model_card(student, how_to_load: str, extra: dict | None = None) -> str:
+    """Markdown card: what the student is (from the student itself), its size, how to load it."""
     c, info = student.config, student.info
-    lines = [
-        f"# {c.model_type} student of {c.teacher_name}",
-        "",
-        "Made with stackdistill: the teacher's frontend, then one mimicking layer per target teacher",
-        "layer in place of its transformer stack (Dorszewski et al., arXiv 2409.16302).",
-        "",
-        "| | |", "|---|---|",
-        f"| teacher | `{c.teacher_name}` ({c.teacher_num_layers} layers) |",
-        f"| target layers | {c.target_layers} |",
-        f"| mimicking layer | {getattr(c, 'block_type', '?')}, width {getattr(c, 'mimic_dim', '?')} |",
-        f"| parameters | frontend {info.params_frontend:,}, stack {info.params_stack:,}, total {info.params_total:,} |",
-        f"| frame hop | {info.hop} samples at 16 kHz |",
-    ]
-    for k, v in (extra or {}).items():
-        lines.append(f"| {k} | {v} |")
-    lines += ["", "```python", "import students  # registers the model type with transformers",
-              "from transformers import AutoModel", "model = AutoModel.from_pretrained(PATH)",
-              "hidden_states, frame_lengths = model(wav, lengths)  # wav: (batch, samples) at 16 kHz", "```", ""]
-    return "\n".join(lines)
+    rows = {"teacher": f"`{c.teacher_name}` ({c.teacher_num_layers} layers)", **student.card_rows(),
+            "parameters": f"frontend {info.params_frontend:,}, stack {info.params_stack:,}, total {info.params_total:,}",
+            "frame hop": f"{info.hop} samples at 16 kHz", **(extra or {})}
+    lines = [f"# {student.kind} student of {c.teacher_name}", "", f"Made with stackdistill: {student.describe()}.", "",
+             "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines + ["", "```python", how_to_load.strip(), "```", ""])
 
 
-def export_hf(student, out: str | Path, extra: dict | None = None) -> Path:
-    """Write ``student`` to ``out`` atomically as config + safetensors + model card."""
+# -- modelling code bundled into the folder -------------------------------------------------------
+
+def _imports_of(source: str) -> list[tuple[str, int]]:
+    """``(module, level)`` of every ``from X import`` in ``source`` (any nesting)."""
+    return [(node.module or "", node.level) for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom)]
+
+
+def _resolve(module: str, level: int, package: str) -> str:
+    if level == 0:
+        return module
+    base = package.split(".")[: len(package.split(".")) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def code_bundle(cls) -> dict[str, str] | None:
+    """``{file name: source}`` of ``cls``'s module and every stackdistill module it imports.
+
+    Imports between them are rewritten to the bundle's flat relative names
+    (``distill.core`` -> ``.stackdistill_core``). ``None`` when the class lives outside
+    ``students/`` (a user's own kind: it cannot be bundled).
+    """
+    root = cls.__module__
+    if root.split(".")[0] != "students":
+        return None
+    todo, sources = [root], {}
+    while todo:
+        name = todo.pop()
+        if name in sources:
+            continue
+        module = importlib.import_module(name)
+        sources[name] = inspect.getsource(module)
+        package = name.rsplit(".", 1)[0]
+        for mod, level in _imports_of(sources[name]):
+            full = _resolve(mod, level, package)
+            if full.split(".")[0] in OUR_PACKAGES:
+                todo.append(full)
+
+    def flat(name: str) -> str:
+        return "stackdistill_" + name.split(".")[-1] if name.startswith("students.") else \
+            "stackdistill_" + name.replace(".", "_")
+
+    bundle = {}
+    for name, src in sources.items():
+        package = name.rsplit(".", 1)[0]
+        tree_lines = src.splitlines()
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, ast.ImportFrom):
+                full = _resolve(node.module or "", node.level, package)
+                if full.split(".")[0] in OUR_PACKAGES:
+                    line = tree_lines[node.lineno - 1]
+                    head = line[: node.col_offset]
+                    rest = line[node.col_offset:]
+                    after = rest.split(" import ", 1)[1]
+                    tree_lines[node.lineno - 1] = f"{head}from .{flat(full)} import {after}"
+        bundle[flat(name) + ".py"] = "\n".join(tree_lines) + "\n"
+    return bundle
+
+
+def _usage_plain(arch: str) -> str:
+    if arch == "whisper":
+        return ("from transformers.models.whisper.modeling_whisper import WhisperEncoder\n"
+                "model = WhisperEncoder.from_pretrained(PATH)  # log-mel input, as WhisperFeatureExtractor makes it\n"
+                "hidden_states = model(input_features, output_hidden_states=True).hidden_states")
+    return ("from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH)  # a plain "
+            f"{arch} model\nhidden_states = model(wav, output_hidden_states=True).hidden_states  # wav: (batch, samples)"
+            "\n# s3prl: S3PRLUpstream('hf_hubert_custom', path_or_url=PATH) (or hf_wav2vec2_custom)")
+
+
+def export_student(student, out: str | Path, depth: int | None = None, extra: dict | None = None) -> Path:
+    """Write ``student`` to ``out`` (see the module docstring); ``depth`` for shared students."""
+    from students.hf_layers import HFLayerStudent
+
     out = Path(out)
+    if isinstance(student, HFLayerStudent):
+        card_extra = dict(extra or {})
+        if depth:
+            card_extra["exported depth"] = str(depth)
+        card = model_card(student, _usage_plain(student.config.frontend_arch), card_extra)
+        return student.save_standard(out, depth or None, card=card)
+    if depth:
+        raise ValueError(f"--depth applies to shared students; {student.name} is a {student.kind} student")
+    bundle = code_bundle(type(student))
     with atomic_dir(out) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.md").write_text(model_card(student, extra))
+        if bundle is None:
+            log.warning("%s: student kind %r lives outside students/, so its code is not bundled; loading the "
+                        "export needs that code imported", student.name, student.kind)
+            student.save_pretrained(tmp, safe_serialization=True)
+            how = "import <the module defining this student kind>\nfrom transformers import AutoModel\n" \
+                  "model = AutoModel.from_pretrained(PATH)"
+        else:
+            main = "stackdistill_" + type(student).__module__.split(".")[-1]
+            student.config.auto_map = {"AutoConfig": f"{main}.{type(student.config).__name__}",
+                                       "AutoModel": f"{main}.{type(student).__name__}"}
+            try:
+                student.save_pretrained(tmp, safe_serialization=True)
+            finally:
+                del student.config.auto_map
+            for name, text in bundle.items():
+                (tmp / name).write_text(text)
+            how = "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)"
+        how += "\nhidden_states, frame_lengths = model(wav, lengths)  # wav: (batch, samples) at 16 kHz"
+        (tmp / "README.md").write_text(model_card(student, how, extra))
     return out
 
 
 def export(cfg: ExportConfig) -> Path:
-    from transformers import AutoModel
-
-    import students  # noqa: F401
-
     if not cfg.model or not cfg.out:
         raise ValueError("export needs model=<run or student folder> and out=<folder>")
     if cfg.format != "hf":
         raise ValueError(f"unknown export format {cfg.format!r}; available: hf")
-    src = _student_folder(Path(cfg.model))
-    student = AutoModel.from_pretrained(src)
-    return export_hf(student, cfg.out)
+    if cfg.depth < 0:
+        raise ValueError(f"depth must be positive (or 0: the student's own), got {cfg.depth}")
+    return export_student(load_student(cfg.model), cfg.out, cfg.depth or None)

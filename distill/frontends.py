@@ -25,31 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audio import SAMPLE_RATE
+from .core import SAMPLE_RATE, check_wav_batch, lengths_to_mask
 
 SSL_ARCHS = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 ARCHS = SSL_ARCHS + ("whisper",)
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
-    """``(batch,)`` lengths -> ``(batch, max_len)`` bool mask, True on valid positions."""
-    max_len = int(lengths.max()) if max_len is None else max_len
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def check_wav_batch(wav: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Validate ``wav (batch, samples)`` and return ``lengths (batch,)`` (full length if None)."""
-    if not isinstance(wav, torch.Tensor) or wav.dim() != 2:
-        shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
-        raise ValueError(f"expected wav of shape (batch, samples), got {shape}")
-    if lengths is None:
-        return torch.full((wav.shape[0],), wav.shape[1], dtype=torch.long, device=wav.device)
-    lengths = torch.as_tensor(lengths, device=wav.device).long()
-    if lengths.shape != (wav.shape[0],):
-        raise ValueError(f"lengths must have shape ({wav.shape[0]},), got {tuple(lengths.shape)}")
-    if int(lengths.max()) > wav.shape[1] or int(lengths.min()) <= 0:
-        raise ValueError(f"lengths must lie in [1, {wav.shape[1]}], got {lengths.tolist()}")
-    return lengths
 
 
 def _ssl_classes(arch: str):

@@ -2,6 +2,9 @@
 
 * ``mse``: mean squared error per frame (the redundancy paper's loss).
 * ``l1_cos``: L1 + ``-log sigmoid(cos)`` (DistilHuBERT's loss, Chang et al. 2022).
+
+Which student output regresses which teacher state is the student kind's choice
+(``distill_pairs``); :func:`pairs_loss` sums the per-pair losses.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .frontends import lengths_to_mask
+from .core import lengths_to_mask
 
 LOSSES = ("mse", "l1_cos")
 
@@ -35,20 +38,18 @@ def layer_loss(pred: torch.Tensor, target: torch.Tensor, frame_lengths: torch.Te
     raise ValueError(f"unknown loss {kind!r}; known: {LOSSES}")
 
 
-def distill_loss(student_states: list[torch.Tensor], teacher_states: list[torch.Tensor],
-                 target_layers: list[int], frame_lengths: torch.Tensor, kind: str = "mse"):
-    """Sum over student layers k of ``layer_loss(student[k], teacher[target_layers[k-1]])``.
+def pairs_loss(pairs, frame_lengths: torch.Tensor, kind: str = "mse"):
+    """Sum of ``layer_loss(prediction, target)`` over a student's ``[(label, prediction, target), ...]``.
 
-    ``student_states[0]`` is the shared frontend output and is not trained against anything.
-    Returns ``(total, logs)`` with one entry per target layer.
+    Returns ``(total, logs)`` with one ``loss_<label>`` entry (and its parts) per pair.
     """
-    if len(student_states) != len(target_layers) + 1:
-        raise ValueError(f"student returned {len(student_states)} states for {len(target_layers)} targets")
+    if not pairs:
+        raise ValueError("the student named no (prediction, target) pair to train on")
     total, logs = 0.0, {}
-    for k, layer in enumerate(target_layers, start=1):
-        loss, parts = layer_loss(student_states[k], teacher_states[layer], frame_lengths, kind)
+    for label, pred, target in pairs:
+        loss, parts = layer_loss(pred, target, frame_lengths, kind)
         total = total + loss
-        logs[f"loss_layer{layer}"] = float(loss)
+        logs[f"loss_{label}"] = float(loss)
         for name, v in parts.items():
-            logs[f"{name}_layer{layer}"] = v
+            logs[f"{name}_{label}"] = v
     return total, logs

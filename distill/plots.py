@@ -61,3 +61,49 @@ def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def pareto(points: dict[str, tuple[float, float]], path: str | Path, xlabel: str, ylabel: str, title: str,
+           reference: str | None = None, vline: float | None = None) -> None:
+    """One labelled point per model ``{name: (x, y)}``; ``reference`` (the teacher) drawn apart."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, (x, y) in points.items():
+        is_ref = name == reference
+        ax.scatter([x], [y], s=70 if is_ref else 40, marker="*" if is_ref else "o",
+                   color="black" if is_ref else None, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if vline is not None:
+        ax.axvline(vline, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def depth_curve(depths: list[int], series: dict[str, list[float]], seconds: list[float], path: str | Path,
+                title: str) -> None:
+    """Accuracy series (left axis) and CPU time (right axis) against inference depth."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(depths, ys, "o-", label=name)
+    ax.set_xlabel("depth (layer applications at inference)")
+    ax.set_ylabel("accuracy")
+    ax2 = ax.twinx()
+    ax2.plot(depths, seconds, "s--", color="grey", label="CPU s per s of audio")
+    ax2.set_ylabel("CPU s per s of audio")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

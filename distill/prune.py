@@ -1,9 +1,10 @@
 """Pruning without post-training: shallower models made by dropping transformer layers.
 
 Layers are numbered 1..L (hidden state i is the output of layer i). :func:`prune` returns a
-real shallower copy of a teacher (layers removed from the module list, config updated) that is
-used like any teacher; :func:`save_pruned` writes it as a Hugging Face folder of the same model
-type, so it loads wherever that type loads (and through ``load_teacher`` / the s3prl adapter).
+real shallower copy of any model of the protocol (``model.without_layers``: layers removed
+from the module list, config updated) that is used like any teacher; :func:`save_pruned` writes
+it as a folder of the same model type, so it loads wherever that type loads (and through
+``load_teacher`` / the s3prl adapter).
 
 Orderings (which layer goes next), after the redundancy paper (Dorszewski et al. 2025):
 
@@ -17,7 +18,6 @@ Orderings (which layer goes next), after the redundancy paper (Dorszewski et al.
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -25,75 +25,36 @@ import torch
 from torch import nn
 
 from .blocks import BlockStructure
-from .frontends import lengths_to_mask
+from .core import check_layers_to_remove, lengths_to_mask
 from .fsutil import atomic_dir
 
 ORDERINGS = ("last", "first", "block_influence", "similarity_block")
 
 
-def _check_layers(remove, num_layers: int) -> list[int]:
-    remove = sorted(set(int(i) for i in remove))
-    if any(not 1 <= i <= num_layers for i in remove):
-        raise ValueError(f"layers to remove must lie in 1..{num_layers}, got {remove}")
-    if len(remove) >= num_layers:
-        raise ValueError(f"cannot remove all {num_layers} layers")
-    return remove
-
-
-def _delete_layers(layers: nn.ModuleList, remove: list[int], arch: str) -> None:
-    """Delete 1-based ``remove`` from ``layers`` in place (shared with the full HF model)."""
-    first = layers[0]
-    for i in sorted(remove, reverse=True):
-        del layers[i - 1]
-    if arch == "wavlm" and 1 in remove:
-        # WavLM computes its relative position bias in the first layer only: hand it on
-        new_first = layers[0].attention
-        new_first.rel_attn_embed = first.attention.rel_attn_embed
-        new_first.has_relative_position_bias = True
-
-
-def _set_num_layers(config, n: int) -> None:
-    if config.model_type == "whisper":
-        config.encoder_layers = n  # WhisperConfig mirrors it in num_hidden_layers
-    config.num_hidden_layers = n
-
-
-def prune(teacher, remove) -> nn.Module:
-    """A copy of ``teacher`` without the layers ``remove`` (1-based); the original is untouched."""
-    remove = _check_layers(remove, teacher.num_layers)
-    pruned = copy.deepcopy(teacher)
-    _delete_layers(pruned.stack.layers, remove, teacher.arch)
-    if pruned.config is not None:
-        _set_num_layers(pruned.config, len(pruned.stack.layers))
-    kept = [i for i in range(1, teacher.num_layers + 1) if i not in remove]
-    pruned.name = f"{teacher.name} without layers {remove}" if remove else teacher.name
-    pruned.pruned_from = {"model": teacher.name, "removed": remove, "kept": kept}
-    return pruned
+def prune(model, remove):
+    """A copy of ``model`` (teacher, student or pruned model) without the 1-based layers ``remove``."""
+    return model.without_layers(remove)
 
 
 def save_pruned(pruned, out: str | Path) -> Path:
-    """Write a pruned teacher as a Hugging Face folder of its own model type (atomically)."""
-    removed = getattr(pruned, "pruned_from", {}).get("removed", [])
-    hf = pruned.hf_model
-    if hf is None and pruned.ct2_folder:
-        from .ct2 import load_hf_whisper
+    """Write a pruned model as a folder :func:`distill.teacher.load_teacher` reads (atomically).
 
-        hf = load_hf_whisper(pruned.ct2_folder)  # full model, decoder included, then the same cut
-        _delete_layers(hf.encoder.layers, removed, "whisper")
-        _set_num_layers(hf.config, len(hf.encoder.layers))
-    if hf is None:
-        raise ValueError(f"{pruned.name}: only Hugging Face and CTranslate2 teachers can be saved as folders")
+    Hugging Face / CTranslate2 teachers give a folder of their own model type; students give a
+    student folder of their kind.
+    """
     out = Path(out)
-    with atomic_dir(out) as tmp:
-        hf.save_pretrained(tmp, safe_serialization=True)
-    return out
+    if isinstance(pruned, nn.Module) and hasattr(pruned, "config") and hasattr(pruned, "kind"):
+        with atomic_dir(out) as tmp:  # a student
+            pruned.save_pretrained(tmp, safe_serialization=True)
+        return out
+    return pruned.save_pretrained(out)
 
 
 @contextlib.contextmanager
 def skip_layers(teacher, skip):
     """Run ``teacher`` with layers ``skip`` (1-based) turned into identities (forward hooks)."""
     handles = []
-    for i in _check_layers(skip, teacher.num_layers):
+    for i in check_layers_to_remove(skip, teacher.num_layers):
         def hook(module, args, kwargs, output):
             hidden = args[0] if args else kwargs["hidden_states"]
             return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden

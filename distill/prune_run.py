@@ -27,10 +27,10 @@ from .analysis import SimilaritySettings, similarity_matrices
 from .blocks import find_blocks
 from .comflp import STRATEGIES, coarse_search, fine_search
 from .config import save_config, to_dict
+from .data import SkipTally, analysis_batches
 from .fsutil import write_json_atomic
 from .plots import curves
 from .prune import ORDERINGS, block_influence, prune, removal_order, save_pruned
-from .redundancy import analysis_batches
 from .teacher import OFFLINE_DEFAULT, load_teacher
 
 
@@ -70,8 +70,7 @@ def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
         if not cfg.ks.data:
             raise ValueError("the ks metric needs ks.data=<Speech Commands root>")
 
-        def ks_valid_accuracy(model) -> float:
-            removed = getattr(model, "pruned_from", {}).get("removed", [])
+        def ks_valid_accuracy(model, removed) -> float:
             tag = "full" if not removed else "without_" + "_".join(map(str, removed))
             folder = out / "candidates" / tag
             if removed:
@@ -86,12 +85,12 @@ def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
     if cfg.metric == "probe":
         if not cfg.probe.data:
             raise ValueError("the probe metric needs probe.data=<Speech Commands train root>")
-        return (lambda model: run_probe(model, cfg.probe)["accuracy"]), True, "probe accuracy"
+        return (lambda model, removed: run_probe(model, cfg.probe)["accuracy"]), True, "probe accuracy"
     if cfg.metric == "reconstruction":
         with torch.no_grad():
             targets = [teacher(b["wav"], b["lengths"]) for b in batches]
 
-        def reconstruction(model) -> float:
+        def reconstruction(model, removed) -> float:
             err, n = 0.0, 0
             with torch.no_grad():
                 for b, (t_states, fl) in zip(batches, targets):
@@ -118,8 +117,14 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
         cfg.probe.cache_dir = str(out / "probe_cache")
     teacher = load_teacher(cfg.teacher)
     num_layers = teacher.num_layers
-    loader, _ = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
-    batches = [b for b in loader if b["wav"] is not None]
+    loader, scan_skipped = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances,
+                                            cfg.seed)
+    skips = SkipTally(scan_skipped)
+    batches = []
+    for b in loader:
+        skips.note(b["skipped"])
+        if b["wav"] is not None:
+            batches.append(b)
 
     t0 = time.time()
     if matrices is None:
@@ -141,7 +146,7 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
     def score(removed: tuple[int, ...]) -> float:
         key = tuple(sorted(removed))
         if key not in cache:
-            cache[key] = metric(prune(teacher, key) if key else teacher)
+            cache[key] = metric(prune(teacher, key) if key else teacher, key)
         return cache[key]
 
     orders = {name: removal_order(name, num_layers, influence, mats[cfg.block_measure], blocks)
@@ -172,7 +177,7 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
               "settings": to_dict(cfg.comflp), "metric": metric_name, "higher_is_better": higher,
               "full_model_metric": full, "candidates": fine["candidates"], "best": fine["best"],
               "seconds": {"analysis": analysis_seconds, "coarse": coarse_seconds, "fine": fine["seconds"]},
-              "pruned_path": str(out / "pruned")}
+              "pruned_path": str(out / "pruned"), "files_skipped": len(skips), "skipped": skips.reasons}
     write_json_atomic(out / "search.json", search)
     return {"curve": {n: c["metric"] for n, c in curve.items()}, "search": search, "blocks": blocks.to_dict(),
             "block_influence": [float(x) for x in np.asarray(influence)]}

@@ -9,17 +9,13 @@ Output folder::
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 from .analysis import MEASURES, SimilaritySettings, similarity_matrices
-from .audio import SAMPLE_RATE
 from .blocks import boundary_targets, find_blocks
 from .config import save_config, to_dict
-from .data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio
+from .data import SkipTally, analysis_batches
 from .fsutil import write_json_atomic
 from .plots import heatmap
 from .teacher import OFFLINE_DEFAULT, load_teacher
@@ -39,17 +35,6 @@ class AnalyzeConfig:
     seed: int = 0
 
 
-def analysis_batches(data: list[str], crop_seconds: float, batch_seconds: float, max_utterances: int, seed: int):
-    """Deterministic batches over (a seeded subset of) the data, utterances cropped from the start."""
-    items, skipped = list_audio(data)
-    if max_utterances and len(items) > max_utterances:
-        items = sorted(random.Random(seed).sample(items, max_utterances), key=lambda i: i.path)
-    ds = AudioDataset(items, int(crop_seconds * SAMPLE_RATE), random_crop=False, seed=seed)
-    sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))],
-                                       int(batch_seconds * SAMPLE_RATE), shuffle=True, seed=seed)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio), skipped
-
-
 def run_analysis(cfg: AnalyzeConfig) -> dict:
     if cfg.block_measure not in cfg.similarity.measures:
         raise ValueError(f"block_measure {cfg.block_measure!r} is not among the measures {cfg.similarity.measures}")
@@ -58,14 +43,15 @@ def run_analysis(cfg: AnalyzeConfig) -> dict:
     save_config(cfg, out / "config.yaml")
     model = load_teacher(cfg.teacher)
     loader, skipped = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
-    mats, counts = similarity_matrices(model, loader, cfg.similarity)
+    skips = SkipTally(skipped)
+    mats, counts = similarity_matrices(model, loader, cfg.similarity, skips=skips)
     blocks = {m: find_blocks(mat, cfg.n_blocks or None) for m, mat in mats.items()}
     for m, mat in mats.items():
         heatmap(mat, out / f"heatmap_{m}.png", f"{m.replace('_', ' ')}: {model.name}", blocks[m].blocks)
     chosen = blocks[cfg.block_measure]
     result = {
         "model": model.name, "num_layers": model.num_layers, "settings": to_dict(cfg.similarity),
-        "counts": {**counts, "files_skipped": len(skipped)},
+        "counts": {**counts, "files_skipped": len(skips), "skipped": skips.reasons},
         "matrices": {m: mat.tolist() for m, mat in mats.items()},
         "blocks": {m: b.to_dict() for m, b in blocks.items()},
         "block_measure": cfg.block_measure,

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .frontends import check_wav_batch
-from .teacher import ModelInfo, count_params
+from .core import ModelInfo, check_wav_batch, count_params
 
 
 class S3PRLTeacher(nn.Module):
     """``teacher(wav, lengths) -> (hidden_states, frame_lengths)`` over ``s3prl.nn.S3PRLUpstream``."""
 
     frontend = None
+    final_norm = None  # s3prl does not say; its states are taken as they come
 
     def __init__(self, upstream_name: str):
         super().__init__()
@@ -52,3 +52,15 @@ class S3PRLTeacher(nn.Module):
         lengths = check_wav_batch(wav, lengths)
         states, state_lengths = self.upstream(wav, lengths)
         return [s.float() for s in states], state_lengths[-1]
+
+    def features_and_states(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
+        """No reusable frontend: the features are ``None``."""
+        states, frame_lengths = self(wav, lengths)
+        return None, states, frame_lengths
+
+    def without_layers(self, remove):
+        raise ValueError(f"{self.name}: s3prl upstreams cannot be pruned here; load the same model from "
+                         "a Hugging Face folder to prune it")
+
+    def save_pretrained(self, folder, **_ignored):
+        raise ValueError(f"{self.name}: s3prl upstreams are not saved by stackdistill (s3prl owns them)")

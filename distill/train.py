@@ -26,19 +26,21 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from students.factory import StudentSpec, build_student
+from students.registry import StudentSpec, build_student
 
 from .audio import SAMPLE_RATE
 from .config import save_config, to_dict
 from .data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio, split_items
 from .fsutil import atomic_dir, write_json_atomic
-from .losses import LOSSES, distill_loss
+from .core import TeacherTargets
+from .losses import LOSSES, pairs_loss
 from .plots import curves
 from .teacher import load_teacher
 
@@ -59,7 +61,8 @@ class TrainConfig:
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
     teacher_dtype: str = field(default="float32", metadata={"help": "teacher forward dtype: float32 or bfloat16"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
-    loss: str = field(default="mse", metadata={"help": "mse or l1_cos (DistilHuBERT)"})
+    loss: Literal["auto", "mse", "l1_cos"] = field(
+        default="auto", metadata={"help": "auto (the student kind's own), mse, or l1_cos (DistilHuBERT)"})
     valid_fraction: float = field(default=0.05, metadata={"help": "share of utterances held out"})
     max_valid: int = field(default=64, metadata={"help": "cap on held-out utterances"})
     eval_every: int = field(default=100, metadata={"help": "validate every N steps"})
@@ -80,6 +83,18 @@ class DistillConfig:
     out: str = field(default="runs/distill", metadata={"help": "run folder"})
     student: StudentSpec = field(default_factory=StudentSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class _FrontendThenStack(torch.nn.Module):
+    """A student whose frontend trains too: ``(wav, lengths, **step_kwargs)`` -> the stack outputs."""
+
+    def __init__(self, student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor, **step_kwargs) -> list[torch.Tensor]:
+        feats, frame_lengths = self.student.frontend(wav, lengths)
+        return self.student.stack(feats, frame_lengths, **step_kwargs)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -118,15 +133,22 @@ class _Run:
         from accelerate.utils import ProjectConfiguration, set_seed
 
         t = cfg.train
-        if t.loss not in LOSSES:
-            raise ValueError(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
+        if t.loss != "auto" and t.loss not in LOSSES:
+            raise ValueError(f"train.loss must be auto or one of {LOSSES}, got {t.loss!r}")
         if not cfg.data:
             raise ValueError("no training data: set data=<audio folder | LibriSpeech tree | manifest.tsv>")
         self.cfg, self.t = cfg, t
         self.out = Path(cfg.out)
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        from students.registry import student_class
+
+        # a student that may leave parameters unused in a step (a shallow sampled depth) tells DDP so
+        unused = getattr(student_class(cfg.student.kind), "may_skip_parameters", False)
         self.acc = Accelerator(
             gradient_accumulation_steps=t.grad_accum, mixed_precision=t.mixed_precision, log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tb")),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         set_seed(t.seed)
         self.main = self.acc.is_main_process
@@ -149,11 +171,15 @@ class _Run:
             t.max_batch_size)
 
         self.teacher = load_teacher(cfg.teacher, dtype=t.teacher_dtype, device=self.acc.device)
-        self.student = build_student(cfg.student, self.teacher, seed=t.seed).to(self.acc.device)
+        self.student = build_student(cfg.student, self.teacher, seed=t.seed,
+                                     data=[str(d) for d in cfg.data]).to(self.acc.device)
+        self.loss_kind = self.student.default_loss if t.loss == "auto" else t.loss
         self.target_layers = list(self.student.config.target_layers)
         # with a frozen frontend only the stack trains, fed by the teacher's frontend output
         self.share_frontend = not cfg.student.train_frontend
-        trainable = self.student.stack if self.share_frontend else self.student
+        if self.share_frontend and self.teacher.frontend is None:
+            raise ValueError(f"teacher {self.teacher.name!r} has no reusable frontend: set student.train_frontend true")
+        trainable = self.student.stack if self.share_frontend else _FrontendThenStack(self.student)
         params = [p for p in trainable.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
@@ -224,13 +250,8 @@ class _Run:
     def _loader(self, ds, sampler) -> DataLoader:
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio, num_workers=self.t.num_workers)
 
-    def _student_states(self, wav, lengths, feats, frame_lengths):
-        if self.share_frontend:
-            return self.model(feats, frame_lengths)
-        states, _ = self.model(wav, lengths)
-        return states
-
-    def _batch_loss(self, batch: dict):
+    def _batch_loss(self, batch: dict, step_kwargs: dict | None = None):
+        """Loss of one batch: the teacher's targets, the student's outputs, the kind's pairs."""
         wav, lengths = batch["wav"], batch["lengths"]
         empty = wav is None
         if empty:  # every file of the batch was bad: run a silent dummy so DDP stays in step
@@ -238,9 +259,15 @@ class _Run:
             lengths = torch.tensor([SAMPLE_RATE])
         wav, lengths = wav.to(self.acc.device), lengths.to(self.acc.device)
         feats, t_states, frame_lengths = self.teacher.features_and_states(wav, lengths)
+        targets = TeacherTargets(t_states, frame_lengths, self.teacher.final_norm)
+        kwargs = step_kwargs or {}
         with self.acc.autocast():
-            s_states = self._student_states(wav, lengths, feats, frame_lengths)
-            loss, logs = distill_loss(s_states, t_states, self.target_layers, frame_lengths, self.t.loss)
+            if self.share_frontend:
+                outputs = self.model(feats, frame_lengths, **kwargs)
+            else:
+                outputs = self.model(wav, lengths, **kwargs)
+            pairs = self.student.distill_pairs(outputs, targets, **kwargs)
+            loss, logs = pairs_loss(pairs, frame_lengths, self.loss_kind)
         if empty:
             loss = loss * 0.0
         return loss, logs, frame_lengths
@@ -282,7 +309,7 @@ class _Run:
                     self.seen_indices += batch["indices"]
                     self.audio_seconds += float(batch["lengths"].sum()) / SAMPLE_RATE
                 with self.acc.accumulate(self.model):
-                    loss, logs, _ = self._batch_loss(batch)
+                    loss, logs, _ = self._batch_loss(batch, self.student.step_kwargs(self.step))
                     self.acc.backward(loss)
                     if self.acc.sync_gradients and t.grad_clip > 0:
                         self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -334,9 +361,12 @@ class _Run:
             "steps": self.step, "resumed_from_step": start_step, "seconds": elapsed,
             "seconds_per_step": elapsed / max(1, self.step - start_step),
             "best_valid_loss": self.best_valid, "audio_seconds_seen": self.audio_seconds,
-            "files_used": len(self.train_ds) + len(self.valid_ds), "files_skipped": len(self.skipped),
-            "skipped": self.skipped, "target_layers": self.target_layers, "num_processes": self.acc.num_processes,
-            "student": _info_dict(self.student.info), "teacher": _info_dict(self.teacher.info),
+            "files_listed": len(self.train_ds) + len(self.valid_ds),
+            "files_used": len(self.train_ds) + len(self.valid_ds) - len(self._skipped_listed()),
+            "files_skipped": len(self.skipped), "skipped": self.skipped, "target_layers": self.target_layers,
+            "loss": self.loss_kind, "num_processes": self.acc.num_processes,
+            "student": {"kind": self.student.kind, "describe": self.student.describe(), **self.student.info.to_dict()},
+            "teacher": self.teacher.info.to_dict(),
         }
         if self.main:
             write_json_atomic(self.out / "summary.json", summary)
@@ -356,6 +386,11 @@ class _Run:
         self.acc.wait_for_everyone()
         self.acc.end_training()
 
+    def _skipped_listed(self) -> set[str]:
+        """Listed files (train or valid) that turned out bad when loaded."""
+        listed = {i.path for i in self.train_ds.items} | {i.path for i in self.valid_ds.items}
+        return listed & set(self.skipped)
+
     def _write_rank_report(self, start_step: int) -> None:
         rank = self.acc.process_index
         write_json_atomic(self.out / "ranks" / f"rank_{rank}.json",
@@ -371,12 +406,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
-
-
-def _info_dict(info) -> dict:
-    from dataclasses import asdict
-
-    return {**asdict(info), "params_total": info.params_total}
 
 
 def distill(cfg: DistillConfig) -> dict:

@@ -1,12 +1,18 @@
-"""stackdistill students. Importing this package registers them with ``AutoConfig``/``AutoModel``."""
+"""stackdistill students. Importing this package registers every kind with the student registry
+and with ``AutoConfig`` / ``AutoModel``: one line per kind below."""
 
-from transformers import AutoConfig, AutoModel
-
-from .base import StudentConfig, StudentModel
+from .base import BuildContext, StudentConfig, StudentModel
+from .distilhubert import DistilHubertStudent
 from .mimic import MimicConfig, MimicStudent, default_target_layers, mimic_from_teacher
+from .pruned import PrunedStudent
+from .registry import KINDS, StudentSpec, build_student, register_student, student_class, student_name
+from .shared import SharedStudent
 
-AutoConfig.register(MimicConfig.model_type, MimicConfig, exist_ok=True)
-AutoModel.register(MimicConfig, MimicStudent, exist_ok=True)
+register_student(MimicStudent)
+register_student(DistilHubertStudent)
+register_student(SharedStudent)
+register_student(PrunedStudent)
 
-__all__ = ["StudentConfig", "StudentModel", "MimicConfig", "MimicStudent", "default_target_layers",
-           "mimic_from_teacher"]
+__all__ = ["BuildContext", "StudentConfig", "StudentModel", "MimicConfig", "MimicStudent", "DistilHubertStudent",
+           "SharedStudent", "PrunedStudent", "KINDS", "StudentSpec", "build_student", "register_student",
+           "student_class", "student_name", "default_target_layers", "mimic_from_teacher"]

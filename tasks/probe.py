@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.data import AudioDataset, collate_audio, list_audio
-from distill.frontends import lengths_to_mask
+from distill.data import AudioDataset, SkipTally, collate_audio, list_audio
+from distill.core import masked_mean
 
 
 @dataclass
@@ -67,30 +67,37 @@ def labelled_items(cfg: ProbeConfig):
 
 
 @torch.no_grad()
-def pooled_features(model, items, batch_size: int = 32) -> np.ndarray:
-    """``(utterances, L+1, dim)`` float32: each layer mean-pooled over valid frames."""
+def pooled_features(model, items, batch_size: int = 32, skips: SkipTally | None = None) -> np.ndarray:
+    """``(utterances, L+1, dim)`` float32: each layer mean-pooled over valid frames.
+
+    An unreadable file is noted in ``skips`` and its row is NaN (the probe drops it).
+    """
     ds = AudioDataset(items, max_samples=None, random_crop=False)
-    out = []
+    out = None
     for start in range(0, len(ds), batch_size):
         batch = collate_audio([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
-        if len(batch["indices"]) != min(batch_size, len(ds) - start):
-            bad = ", ".join(s.path for s in batch["skipped"])
-            raise ValueError(f"probe data has unreadable files: {bad}")
+        if skips is not None:
+            skips.note(batch["skipped"])
+        if batch["wav"] is None:
+            continue
         states, frame_lengths = model(batch["wav"], batch["lengths"])
-        mask = lengths_to_mask(frame_lengths, states[0].shape[1]).unsqueeze(-1).float()
-        pooled = torch.stack([(s * mask).sum(1) / mask.sum(1) for s in states], dim=1)
-        out.append(pooled.numpy().astype(np.float32))
-    return np.concatenate(out)
+        pooled = torch.stack([masked_mean(s.float(), frame_lengths) for s in states], dim=1).numpy()
+        if out is None:
+            out = np.full((len(ds),) + pooled.shape[1:], np.nan, dtype=np.float32)
+        out[batch["indices"]] = pooled
+    if out is None:
+        raise ValueError("no readable audio among the probe's files")
+    return out
 
 
-def cached_features(model, items, cache_dir: str, key: str) -> np.ndarray:
+def cached_features(model, items, cache_dir: str, key: str, skips: SkipTally | None = None) -> np.ndarray:
     if not cache_dir:
-        return pooled_features(model, items)
+        return pooled_features(model, items, skips=skips)
     digest = hashlib.sha1((key + "\n" + "\n".join(i.path for i in items)).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"features_{digest}.npz"
     if path.is_file():
         return np.load(path, allow_pickle=False)["features"]
-    feats = pooled_features(model, items)
+    feats = pooled_features(model, items, skips=skips)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, features=feats)
@@ -144,5 +151,9 @@ def fit_probe(features: np.ndarray, labels: list[str], is_test: list[bool], cfg:
 def run_probe(model, cfg: ProbeConfig, cache_key: str | None = None) -> dict:
     """Probe ``model`` (teacher or student) on ``cfg.data``."""
     items, labels, is_test = labelled_items(cfg)
-    feats = cached_features(model, items, cfg.cache_dir, cache_key or model.name)
-    return fit_probe(feats, labels, is_test, cfg)
+    skips = SkipTally()
+    feats = cached_features(model, items, cfg.cache_dir, cache_key or model.name, skips)
+    good = ~np.isnan(feats).any(axis=(1, 2))  # unreadable files: logged, counted, left out
+    result = fit_probe(feats[good], [lab for lab, g in zip(labels, good) if g],
+                       [t for t, g in zip(is_test, good) if g], cfg)
+    return {**result, "files_skipped": int((~good).sum())}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distill.core import pad_waveforms
 from distill.teacher import load_teacher
 
 HUB_NAME = "stackdistill"
@@ -37,10 +38,7 @@ class S3PRLAdapter(nn.Module):
         return int(self.model.info.hop)
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
-        lengths = torch.tensor([w.numel() for w in wavs], device=wavs[0].device)
-        wav = torch.zeros(len(wavs), int(lengths.max()), device=wavs[0].device)
-        for i, w in enumerate(wavs):
-            wav[i, : w.numel()] = w.reshape(-1)
+        wav, lengths = pad_waveforms(wavs)
         states, _ = self.model(wav, lengths)
         return {"hidden_states": states}
 

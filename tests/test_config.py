@@ -12,13 +12,13 @@ from distill.train import DistillConfig
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("teacher: facebook/hubert-base-ls960\ntrain:\n  lr: 0.0005\n  max_steps: 10\n")
-    cfg = load_config(DistillConfig, f, ["train.max_steps=20", "student.target_layers=[4, 12]", "train.lr=3e-4"])
+    cfg = load_config(DistillConfig, f, ["train.max_steps=20", "student.mimic.target_layers=[4, 12]", "train.lr=3e-4"])
     assert cfg.teacher == "facebook/hubert-base-ls960"
     assert cfg.train.max_steps == 20 and cfg.train.lr == pytest.approx(3e-4)
-    assert cfg.student.target_layers == [4, 12]
+    assert cfg.student.mimic.target_layers == [4, 12]
     assert cfg.train.warmup_steps == DistillConfig().train.warmup_steps  # untouched default
     assert load_config(DistillConfig, None, {"train.seed": 5}).train.seed == 5
-    assert to_dict(cfg)["student"]["target_layers"] == [4, 12]
+    assert to_dict(cfg)["student"]["mimic"]["target_layers"] == [4, 12]
 
 
 @pytest.mark.parametrize("override,message", [("train.max_steps=ten", "integer"), ("train.nope=1", "unknown"),

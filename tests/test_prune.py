@@ -163,7 +163,7 @@ def test_ks_metric_scores_a_pruned_model_on_the_validation_split(tiny_whisper_di
                                           "ks.data": str(ks_corpus), "ks.steps": 6, "ks.eval_every": 3,
                                           "ks.batch_size": 8})
     fn, higher, name = _metric_fn(cfg, teacher, [], tmp_path)
-    value = fn(prune(teacher, [3]))
+    value = fn(prune(teacher, [3]), (3,))
     assert higher and "validation" in name and 0.0 <= value <= 1.0
     saved = json.loads((tmp_path / "candidates" / "without_3" / "ks" / "metrics.json").read_text())
     assert saved["valid_best_accuracy"] == value

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import students
-from distill.export import export_hf
 from distill.teacher import load_teacher
 from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
 from tasks.s3prl_upstream import register
@@ -30,7 +29,8 @@ def test_adapter_speaks_s3prl_upstream_interface(tiny_whisper_dir):
 @pytest.mark.slow
 def test_short_ks_run_writes_metrics(tiny_whisper_dir, ks_corpus, tmp_path):
     teacher = load_teacher(str(tiny_whisper_dir))
-    folder = export_hf(students.mimic_from_teacher(teacher), tmp_path / "student")
+    folder = tmp_path / "student"
+    students.mimic_from_teacher(teacher).save_pretrained(folder)
     out = tmp_path / "ks"
     m = evaluate(EvaluateConfig(model=str(folder), data=str(ks_corpus), out=str(out), steps=20, eval_every=10,
                                 batch_size=16))

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 import students
-from distill.export import export_hf
+from distill.export import export_student
 from distill.teacher import load_teacher
-from students.factory import StudentSpec, build_student
+from students.registry import StudentSpec, build_student
 
 from .conftest import save_tiny_model
 
@@ -75,8 +75,8 @@ def test_save_pretrained_round_trip_is_bit_exact(teacher, tmp_path, block_type):
 
 def test_export_folder_loads_as_a_teacher(teacher, tmp_path):
     student = students.mimic_from_teacher(teacher)
-    out = export_hf(student, tmp_path / "export")
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    out = export_student(student, tmp_path / "export")
+    assert {"config.json", "model.safetensors", "README.md", "stackdistill_mimic.py"} <= {p.name for p in out.iterdir()}
     assert "mimic" in (out / "README.md").read_text()
     load_file(out / "model.safetensors")  # safetensors, not a pickle
     as_teacher = load_teacher(str(out))

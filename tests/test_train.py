@@ -15,14 +15,15 @@ import torch
 from safetensors.torch import load_file
 
 from distill.train import DistillConfig, TrainConfig, TrainingInterrupted, distill
-from students.factory import StudentSpec
+from students.mimic import MimicOptions
+from students.registry import StudentSpec
 
 
 def _cfg(teacher: Path, data: Path, out: Path, **train) -> DistillConfig:
     base = dict(max_steps=12, lr=3e-3, warmup_steps=2, batch_seconds=4.0, crop_seconds=1.5, valid_fraction=0.15,
                 eval_every=4, save_every=4, log_every=2, seed=0)
     base.update(train)
-    return DistillConfig(teacher=str(teacher), data=[str(data)], out=str(out), student=StudentSpec(mimic_dim=16),
+    return DistillConfig(teacher=str(teacher), data=[str(data)], out=str(out), student=StudentSpec(sections={"mimic": MimicOptions(mimic_dim=16)}),
                          train=TrainConfig(**base))
 
 
@@ -89,7 +90,7 @@ def test_two_process_accelerate_launch(tiny_whisper_dir, sentences_corpus, tmp_p
            "--main_process_port", str(_free_port()), "-m", "distill.cli", "distill",
            "--teacher", str(tiny_whisper_dir), "--data", str(sentences_corpus), "--out", str(out),
            "--train.max_steps", "6", "--train.batch_seconds", "4", "--train.crop_seconds", "1.5",
-           "--train.eval_every", "3", "--train.save_every", "3", "--student.mimic_dim", "16"]
+           "--train.eval_every", "3", "--train.save_every", "3", "--student.mimic.mimic_dim", "16"]
     # own session: on a timeout the launcher *and* its ranks are killed, none left holding the CPU
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

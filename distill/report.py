@@ -1,0 +1,101 @@
+"""``report.md`` of the main job, rendered from ``report.json``'s content (see distill.pipeline).
+
+Every description comes from the models themselves (``describe()`` of each student), so a new
+student kind appears here without a line of this file changing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.1f} %"
+
+
+def _models_table(r: dict) -> list[str]:
+    lines = ["| model | kind | params total | params stack | stack compression | CPU s / s audio | speed-up | "
+             "KS test acc. | retention | distillation (steps, best valid loss) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        d = m.get("distill")
+        speedup = "" if name == "teacher" else f"{m['speedup']:.1f}x"
+        distilled = "" if not d else f"{d['steps']}, {d['best_valid_loss']:.4f}"
+        lines.append(
+            f"| {name} | {m.get('kind', '')} | {m['params_total']:,} | {m['params_stack']:,} | "
+            f"{_pct(m.get('stack_compression_pct'))} | {m['cpu_seconds_per_audio_second']:.4f} | "
+            f"{speedup} | {100 * m['ks_test_accuracy']:.2f} % | {_pct(m.get('retention_pct'))} | {distilled} |")
+    return lines
+
+
+def _layer_consistency(name: str, lc: dict) -> list[str]:
+    c = lc["claims"]
+    lines = [f"### Layer consistency: `{name}` at every depth", "",
+             f"One trained model ({lc['groups']} shared layer group(s), {lc['max_depth']} applications), exported "
+             "as a plain model at each depth:", "",
+             "| depth | KS test acc. (s3prl) | KS retention | probe acc. | CPU s / s audio |", "|---|---|---|---|---|"]
+    for p in lc["curve"]:
+        ks = "" if p["ks_test_accuracy"] is None else f"{100 * p['ks_test_accuracy']:.2f} %"
+        lines.append(f"| {p['depth']} | {ks} | {_pct(p['ks_retention_pct'])} | {100 * p['probe_accuracy']:.1f} % | "
+                     f"{p['cpu_seconds_per_audio_second']:.4f} |")
+    t = lc["teacher"]
+    lines += [f"| teacher | {100 * t['ks_test_accuracy']:.2f} % | | | {t['cpu_seconds_per_audio_second']:.4f} |", "",
+              "Against the Layer Consistency paper (Tian et al., arXiv 2105.00812), measured in this run:", "",
+              "| claim | paper | here |", "|---|---|---|",
+              f"| fewer stack parameters than the teacher | {c['param_ratio']['paper']}x | "
+              f"{c['param_ratio']['ratio']:.1f}x ({c['param_ratio']['shared_stack']:,} vs "
+              f"{c['param_ratio']['teacher_stack']:,}) |",
+              f"| faster training step (sampled depth vs non-shared, same depth) | {c['train_step']['paper_pct']} % | "
+              f"{c['train_step']['faster_pct']:.1f} % ({c['train_step']['shared_sampled_seconds']:.3f} s vs "
+              f"{c['train_step']['unshared_same_depth_seconds']:.3f} s) |",
+              f"| faster inference at half depth ({c['half_depth']['depth']} of {c['half_depth']['full_depth']}) | "
+              f"{c['half_depth']['paper_pct']} % | {c['half_depth']['inference_faster_pct']:.1f} % |",
+              f"| KS accuracy kept at half depth | comparable | {_pct(c['half_depth']['ks_kept_pct'])} "
+              f"(probe {_pct(c['half_depth']['probe_kept_pct'])}) |", "",
+              f"![depth curve](layer_consistency/{name}/depth_curve.png)", ""]
+    return lines
+
+
+def render_report(r: dict) -> str:
+    models = r["models"]
+    lines = [f"# stackdistill report ({r['date']})", "", f"Teacher `{r['teacher']}`.", ""]
+    lines += [f"- `{n}`: {m['describe']}" for n, m in models.items() if "describe" in m]
+    lines += [""] + _models_table(r) + [
+        "",
+        f"KS: s3prl `SuperbKS` (SUPERB protocol: frozen model, learnt weighted sum of its hidden states and a "
+        f"small downstream), {r['ks']['steps']} downstream steps, 12 classes (chance "
+        f"{100 * r['ks']['chance_accuracy']:.1f} %), data `{r['ks']['data']}`.",
+        f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
+        f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
+        f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
+    b = r.get("best_under_a_third")
+    if b:
+        lines += [f"Best student with at most a third of the teacher's parameters: `{b['name']}` "
+                  f"({100 * b['params_fraction_of_teacher']:.1f} % of them) keeps {b['retention_pct']:.1f} % of the "
+                  f"teacher's KS accuracy (goal {b['goal_retention_pct']:.0f} %: "
+                  f"{'met' if b['met'] else 'not met'}).", ""]
+    else:
+        lines += ["No student has at most a third of the teacher's parameters.", ""]
+    lines += ["![KS accuracy against parameters](pareto.png)", ""]
+    for name, lc in (r.get("layer_consistency") or {}).items():
+        lines += _layer_consistency(name, lc)
+    a = r["analysis"]
+    lines += ["## Layer similarity", "",
+              f"{a['counts']['utterances']} utterances ({a['counts']['frames']} frames). Blocks of mutually similar "
+              f"hidden states by {a['block_measure']}: {a['blocks'][a['block_measure']]['blocks']}; mimic students "
+              f"regress layers {a['mimic_targets']}.", ""]
+    lines += [f"![{Path(h).stem}](analysis/{Path(h).name})" for h in a["heatmaps"]]
+    p = r.get("pruning")
+    if p:
+        k = len(next(iter(p["curve"].values())))
+        lines += ["", "## Pruning without retraining", "",
+                  f"{p['metric']} (full model {p['full_model_metric']:.3f}) after removing n layers:", "",
+                  "| ordering | " + " | ".join(f"n={i}" for i in range(k)) + " |", "|---" * (k + 1) + "|"]
+        lines += [f"| {o} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for o, vals in p["curve"].items()]
+        c = p["comflp"]
+        lines += ["", f"CoMFLP, {c['n_remove']} layers removed: coarse search {c['seconds']['coarse']:.3f} s, "
+                  f"fine search over {len(c['candidates'])} candidates {c['seconds']['fine']:.1f} s; best removes "
+                  f"{c['best']['removed']} ({p['metric']} {c['best']['metric']:.3f}).", "",
+                  "![pruning curve](prune/curve.png)"]
+    lines += ["", f"Wall time: {r['seconds']['total'] / 60:.1f} min in all.", ""]
+    return "\n".join(lines)
