@@ -28,6 +28,30 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def _wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its data chunk declares more bytes than it holds), else None.
+
+    libsndfile silently reads what is there, so a truncated WAV would pass as a shorter clip.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            cid, n = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if cid == b"data":
+                have = size - pos - 8
+                if n != 0xFFFFFFFF and n > have:  # 0xFFFFFFFF: streamed, size unknown
+                    return f"truncated: its header declares {n} bytes of audio, the file holds {have}"
+                return None
+            pos += 8 + n + (n & 1)
+    return None
+
+
 def _decode(path: Path) -> tuple[np.ndarray, int]:
     if path.suffix.lower() == ".raw":
         data = np.fromfile(path, dtype="<i2").astype(np.float32) / 32768.0
@@ -72,6 +96,9 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_samples: in
         raise AudioError(path, f"cannot decode audio ({exc})") from None
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
+    truncated = _wav_truncation(path) if path.suffix.lower() == ".wav" else None
+    if truncated:
+        raise AudioError(path, truncated)
     if not np.isfinite(data).all():
         raise AudioError(path, "audio holds NaN or infinite samples")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))

@@ -13,6 +13,7 @@ Parameter names: ``frontend.*`` (CNN + projection, or Whisper's convolutions) an
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.core import check_layers_to_remove
 from distill.fsutil import atomic_dir
-from distill.stacks import hf_parts, set_num_layers
+from distill.stacks import delete_layers, hf_parts, set_num_layers
 
 from .base import StudentConfig, StudentModel
 
@@ -153,6 +155,23 @@ class HFLayerStudent(StudentModel):
         src = teacher_layer_stack(teacher).state_dict()
         dst = self.inner.state_dict()
         self.inner.load_state_dict(remap_layers(src, dst.keys(), [m - 1 for m in self.config.layer_sources]))
+
+    def without_layers(self, remove) -> "HFLayerStudent":
+        """A copy without the 1-based transformer layers ``remove`` (model surgery, no retraining).
+
+        Each remaining layer keeps its distillation target; the config records the new depth.
+        """
+        remove = check_layers_to_remove(remove, self.config.num_unique_layers)
+        pruned = copy.deepcopy(self)
+        delete_layers(pruned.inner.layers, remove, self.config.frontend_arch)
+        keep = [k for k in range(1, self.config.num_unique_layers + 1) if k not in remove]
+        c = pruned.config
+        c.num_unique_layers = len(keep)
+        c.layer_sources = [self.config.layer_sources[k - 1] for k in keep]
+        if len(self.config.target_layers) == self.config.num_unique_layers:  # one target per layer
+            c.target_layers = [self.config.target_layers[k - 1] for k in keep]
+        pruned.name = f"{self.name} without layers {remove}"
+        return pruned
 
     # -- export as the teacher's own architecture ---------------------------------------------------
 

@@ -7,7 +7,6 @@ teacher: each kept layer regresses the teacher layer it came from, the last onto
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,7 +14,6 @@ from typing import Literal
 import torch
 
 from distill.core import check_layers_to_remove
-from distill.stacks import delete_layers
 
 from .base import BuildContext
 from .hf_layers import HFLayerConfig, HFLayerStudent, check_layer_teacher
@@ -105,16 +103,9 @@ class PrunedStudent(HFLayerStudent):
         return student
 
     def without_layers(self, remove) -> "PrunedStudent":
-        remove = check_layers_to_remove(remove, self.num_layers)
-        pruned = copy.deepcopy(self)
-        delete_layers(pruned.inner.layers, remove, self.config.frontend_arch)
+        pruned = super().without_layers(remove)
         c = pruned.config
-        keep = [k for k in range(1, self.num_layers + 1) if k not in remove]
-        c.num_unique_layers = len(keep)
-        c.layer_sources = [self.config.layer_sources[k - 1] for k in keep]
-        c.target_layers = [self.config.target_layers[k - 1] for k in keep]
         c.removed_layers = sorted(set(range(1, c.teacher_num_layers + 1)) - set(c.layer_sources))
-        pruned.name = f"{self.name} without layers {remove}"
         return pruned
 
     def describe(self) -> str:

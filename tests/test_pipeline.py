@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import AutoModel
-
-import students  # noqa: F401
 from distill.config import load_config
 from distill.pipeline import PipelineConfig, run_pipeline
+from distill.teacher import load_teacher
 
 REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_audio_second", "ks_test_accuracy"}
 
@@ -23,31 +21,50 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "evaluate.batch_size": 8, "bench.rounds": 1, "bench.utterances": 2,
         "analysis.similarity.batch_size": 16, "analysis.similarity.knn_k": 3, "analysis.n_blocks": 2,
         "prune.similarity.knn_k": 3, "prune.probe.epochs": 5, "prune.comflp.top_k": 2,
+        "layer_consistency.probe.epochs": 5, "layer_consistency.timing_steps": 2,
+        "layer_consistency.timing_crop_seconds": 1.0, "layer_consistency.timing_batch_seconds": 4.0,
     })
     report = run_pipeline(cfg)
-    saved = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert saved["models"].keys() == {"teacher", "mimic-mlp", "mimic-transformer", "pruned-comflp"}
+    run = tmp_path / "run"
+    saved = json.loads((run / "report.json").read_text())
+    students = ["mimic-mlp", "mimic-transformer", "distilhubert", "shared", "pruned-distilled"]
+    assert list(saved["models"]) == ["teacher", *students, "pruned-comflp"]
     teacher = saved["models"]["teacher"]
     for name, entry in saved["models"].items():
         assert REQUIRED <= entry.keys(), name
         assert entry["params_total"] == entry["params_frontend"] + entry["params_stack"]
-    for name in ("mimic-mlp", "mimic-transformer", "pruned-comflp"):
+    for name in students + ["pruned-comflp"]:
         s = saved["models"][name]
         assert s["stack_compression_pct"] == pytest.approx(100 * (1 - s["params_stack"] / teacher["params_stack"]))
         assert s["retention_pct"] == pytest.approx(100 * s["ks_test_accuracy"] / teacher["ks_test_accuracy"])
-        assert s["params_frontend"] == teacher["params_frontend"]
-        AutoModel.from_pretrained(s["path"])  # the export loads
+        assert s["params_frontend"] == teacher["params_frontend"] and s["describe"]
+        assert load_teacher(s["path"]).num_layers == s["num_layers"]
+    for name in students:  # every export loads as a teacher: plain architectures and the mimic folders alike
+        assert load_teacher(saved["models"][name]["export"]).num_layers == saved["models"][name]["num_layers"]
     assert report["models"]["mimic-mlp"]["residual"] is True
+    assert saved["models"]["distilhubert"]["kind"] == "distilhubert"
+    # the pruned student starts from CoMFLP's pick: before and after distillation in one report
+    assert saved["models"]["pruned-distilled"]["removed_layers"] == saved["models"]["pruned-comflp"]["removed_layers"]
     # students aim at the block boundary found by the analysis (2 blocks asked for)
     targets = saved["analysis"]["mimic_targets"]
     assert len(targets) == 2 and targets[-1] == 3
     assert saved["models"]["mimic-transformer"]["target_layers"] == targets
     assert saved["models"]["pruned-comflp"]["num_layers"] == 3 - len(saved["models"]["pruned-comflp"]["removed_layers"])
     assert set(saved["pruning"]["curve"]) == {"last", "first", "block_influence", "similarity_block"}
-    assert (tmp_path / "run" / "prune" / "curve.png").is_file()
-    assert (tmp_path / "run" / "analysis" / "heatmap_linear_cka.png").is_file()
-    md = (tmp_path / "run" / "report.md").read_text()
-    assert "mimic-transformer" in md and "KS test accuracy" in md
+    # the shared student at every depth, and the Layer Consistency claims measured on it
+    lc = saved["layer_consistency"]["shared"]
+    assert [p["depth"] for p in lc["curve"]] == [1, 2, 3]
+    assert all(p["ks_test_accuracy"] is not None and 0 <= p["probe_accuracy"] <= 1 for p in lc["curve"])
+    assert lc["curve"][-1]["ks_test_accuracy"] == saved["models"]["shared"]["ks_test_accuracy"]
+    claims = lc["claims"]
+    assert claims["param_ratio"]["ratio"] == pytest.approx(teacher["params_stack"] / saved["models"]["shared"]["params_stack"])
+    assert claims["train_step"]["shared_sampled_seconds"] > 0 and claims["half_depth"]["depth"] == 1
+    for png in ("prune/curve.png", "analysis/heatmap_linear_cka.png", "pareto.png",
+                "layer_consistency/shared/depth_curve.png"):
+        assert (run / png).is_file(), png
+    md = (run / "report.md").read_text()
+    assert "mimic-transformer" in md and "KS test acc" in md and "Layer consistency" in md
+    assert saved["models"]["shared"]["describe"] in md
 
 
 def test_student_names_must_be_distinct(tmp_path):
