@@ -28,6 +28,10 @@ class AudioError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+# data-chunk sizes that writers streaming to a pipe put in the header: "size unknown", not a length
+_STREAMED_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000, 0xFFFFFFFF - 8}
+
+
 def _wav_truncation(path: Path) -> str | None:
     """Why a RIFF/WAVE file is cut short (its data chunk declares more bytes than it holds), else None.
 
@@ -45,7 +49,7 @@ def _wav_truncation(path: Path) -> str | None:
             cid, n = chunk[:4], int.from_bytes(chunk[4:8], "little")
             if cid == b"data":
                 have = size - pos - 8
-                if n != 0xFFFFFFFF and n > have:  # 0xFFFFFFFF: streamed, size unknown
+                if n not in _STREAMED_SIZES and n > have:
                     return f"truncated: its header declares {n} bytes of audio, the file holds {have}"
                 return None
             pos += 8 + n + (n & 1)

@@ -25,6 +25,7 @@ classifiers all implement; whatever accepts a teacher accepts any of them:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -152,7 +153,7 @@ def evenly_spaced(n: int, total: int) -> list[int]:
     """
     if not 1 <= n <= total:
         raise ValueError(f"cannot pick {n} of {total} layers")
-    return [max(1, round(total * (i + 1) / n)) for i in range(n)]
+    return [max(1, math.floor(total * (i + 1) / n + 0.5)) for i in range(n)]
 
 
 class TeacherTargets:

@@ -95,8 +95,10 @@ def code_bundle(cls) -> dict[str, str] | None:
     """``{file name: source}`` of ``cls``'s module and every stackdistill module it imports.
 
     Imports between them are rewritten to the bundle's flat relative names
-    (``distill.core`` -> ``.stackdistill_core``). ``None`` when the class lives outside
-    ``students/`` (a user's own kind: it cannot be bundled).
+    (``students.blocks`` -> ``.stackdistill_blocks``, ``distill.core`` ->
+    ``.stackdistill_distill_core``). ``None`` when the class lives outside ``students/`` (a
+    user's own kind) or a module imports ours in a form the rewrite does not handle
+    (``import distill.x``, ``from . import x``).
     """
     root = cls.__module__
     if root.split(".")[0] != "students":
@@ -109,6 +111,11 @@ def code_bundle(cls) -> dict[str, str] | None:
         module = importlib.import_module(name)
         sources[name] = inspect.getsource(module)
         package = name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(sources[name])):
+            plain = isinstance(node, ast.Import) and any(a.name.split(".")[0] in OUR_PACKAGES for a in node.names)
+            if plain or (isinstance(node, ast.ImportFrom) and node.level and not node.module):
+                log.warning("%s: an import form the code bundle cannot rewrite (line %d)", name, node.lineno)
+                return None
         for mod, level in _imports_of(sources[name]):
             full = _resolve(mod, level, package)
             if full.split(".")[0] in OUR_PACKAGES:
@@ -168,12 +175,16 @@ def export_student(student, out: str | Path, depth: int | None = None, extra: di
                   "model = AutoModel.from_pretrained(PATH)"
         else:
             main = "stackdistill_" + type(student).__module__.split(".")[-1]
+            before = getattr(student.config, "auto_map", None)
             student.config.auto_map = {"AutoConfig": f"{main}.{type(student.config).__name__}",
                                        "AutoModel": f"{main}.{type(student).__name__}"}
             try:
                 student.save_pretrained(tmp, safe_serialization=True)
             finally:
-                del student.config.auto_map
+                if before is None:
+                    del student.config.auto_map
+                else:
+                    student.config.auto_map = before
             for name, text in bundle.items():
                 (tmp / name).write_text(text)
             how = "from transformers import AutoModel\nmodel = AutoModel.from_pretrained(PATH, trust_remote_code=True)"

@@ -198,8 +198,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "speedup": speed["teacher"] / speed[name],
         }
         if name in students:
+            exported = load_teacher(str(out / "students" / name)).info  # what a user of the export loads
             entries[name].update(model.report_fields(), describe=model.describe(),
-                                 export=str(out / "students" / name),
+                                 export=str(out / "students" / name), params_total_export=exported.params_total,
                                  distill={k: runs[name][k] for k in ("steps", "best_valid_loss", "seconds",
                                                                      "audio_seconds_seen", "files_used",
                                                                      "files_skipped", "loss")})

@@ -75,11 +75,12 @@ def block_influence(model, batches, max_batches: int | None = None) -> list[floa
             break
         if batch.get("wav") is None:
             continue
-        states, frame_lengths = model(batch["wav"], batch["lengths"])
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))
         mask = lengths_to_mask(frame_lengths, states[0].shape[1])
         cos = torch.stack([torch.nn.functional.cosine_similarity(states[i - 1], states[i], dim=-1)[mask]
                            for i in range(1, len(states))])
-        sums = cos.sum(1) if sums is None else sums + cos.sum(1)
+        sums = cos.sum(1).cpu() if sums is None else sums + cos.sum(1).cpu()
         frames += int(mask.sum())
     if sums is None:
         raise ValueError("no audio to measure block influence on")

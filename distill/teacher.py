@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -123,23 +122,28 @@ def _from_hf_model(name: str, model) -> Teacher:
     return Teacher(name, arch, frontend, stack, model.config, hf_model=model)
 
 
-def _hub_unreachable(spec: str, err: Exception) -> ValueError:
-    reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-    return ValueError(
-        f"{spec}: neither a local folder nor in the local Hugging Face cache, and the hub could not be "
-        f"reached ({reason}); download it where there is network (huggingface-cli download {spec} "
-        f"--local-dir DIR) and pass the folder instead: --teacher DIR")
+def _hub_error(spec: str, err: Exception) -> ValueError:
+    """One line for a hub id that cannot be loaded: unreachable hub, unknown/gated repo, or missing files."""
+    text = str(err).strip()
+    reason = text.splitlines()[0][:160] if text else type(err).__name__
+    fix = (f"download it where there is network (huggingface-cli download {spec} --local-dir DIR) and pass "
+           "the folder instead: --teacher DIR")
+    if "not a valid model identifier" in text and "connect" not in text.lower():
+        return ValueError(f"{spec}: neither a local folder nor a model the hub knows (a typo, or a private or "
+                          f"gated repository?) ({reason}); if it is private, log in or {fix}")
+    return ValueError(f"{spec}: neither a local folder nor in the local Hugging Face cache (not all of it), and the "
+                      f"hub could not be reached ({reason}); {fix}")
 
 
 def load_hf_teacher(spec: str) -> nn.Module:
     """A Hugging Face hub id or local folder (``config.json`` + weights), or a student folder."""
     from transformers import AutoConfig, AutoModel
 
+    import students  # noqa: F401  (registers the stackdistill student kinds with AutoConfig / AutoModel)
+
     local = Path(spec).exists()
     if local and not (Path(spec) / "config.json").is_file():
         raise ValueError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
-    if local and json.loads((Path(spec) / "config.json").read_text()).get("model_type", "").startswith("stackdistill"):
-        import students  # noqa: F401  (registers stackdistill students with AutoConfig / AutoModel)
     try:
         try:  # the local cache first: no network round trip for a model already downloaded
             config = AutoConfig.from_pretrained(spec, local_files_only=True)
@@ -150,19 +154,21 @@ def load_hf_teacher(spec: str) -> nn.Module:
     except OSError as err:
         if local:
             raise ValueError(f"{spec}: cannot read the model folder ({err})") from None
-        raise _hub_unreachable(spec, err) from None
-    if getattr(config, "model_type", "").startswith("stackdistill"):
-        import students  # noqa: F401  (registers stackdistill students with AutoModel)
+        raise _hub_error(spec, err) from None
+    try:
+        if getattr(config, "model_type", "").startswith("stackdistill"):
+            model = AutoModel.from_pretrained(spec)
+            model.name = str(spec)
+            return model.as_teacher()
+        if config.model_type == "whisper" and (config.architectures or [""])[0] == "WhisperEncoder":
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-        model = AutoModel.from_pretrained(spec)
-        model.name = str(spec)
-        return model.as_teacher()
-    if config.model_type == "whisper" and (config.architectures or [""])[0] == "WhisperEncoder":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-        return _from_hf_model(str(spec), WhisperEncoder.from_pretrained(spec))
-    model = AutoModel.from_pretrained(spec, config=config)
-    return _from_hf_model(str(spec), model)
+            return _from_hf_model(str(spec), WhisperEncoder.from_pretrained(spec))
+        return _from_hf_model(str(spec), AutoModel.from_pretrained(spec, config=config))
+    except OSError as err:  # config cached, weights not (or a folder without weights)
+        if local:
+            raise ValueError(f"{spec}: cannot read the model's weights ({err})") from None
+        raise _hub_error(spec, err) from None
 
 
 def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:

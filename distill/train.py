@@ -25,7 +25,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from tqdm import tqdm
 from students.registry import StudentSpec, build_student
 
 from .audio import SAMPLE_RATE
-from .config import save_config, to_dict
+from .config import load_config, save_config, to_dict
 from .data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio, split_items
 from .fsutil import atomic_dir, write_json_atomic
 from .core import TeacherTargets
@@ -154,7 +154,6 @@ class _Run:
         self.main = self.acc.is_main_process
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
 
         items, self.scan_skipped = list_audio(cfg.data)
         train_items, valid_items = split_items(items, t.valid_fraction, t.seed, t.max_valid)
@@ -171,8 +170,9 @@ class _Run:
             t.max_batch_size)
 
         self.teacher = load_teacher(cfg.teacher, dtype=t.teacher_dtype, device=self.acc.device)
-        self.student = build_student(cfg.student, self.teacher, seed=t.seed,
-                                     data=[str(d) for d in cfg.data]).to(self.acc.device)
+        self.student = self._build_student().to(self.acc.device)
+        if self.main:  # the resolved settings, choices made from data included
+            save_config(cfg, self.out / "config.yaml")
         self.loss_kind = self.student.default_loss if t.loss == "auto" else t.loss
         self.target_layers = list(self.student.config.target_layers)
         # with a frozen frontend only the stack trains, fed by the teacher's frontend output
@@ -192,6 +192,34 @@ class _Run:
         self.skipped: dict[str, str] = {s.path: s.reason for s in self.scan_skipped}
         self.seen_indices: list[int] = []
         self.audio_seconds = 0.0
+
+    def _build_student(self):
+        """The initial student; a choice its kind makes from data is made once and written down.
+
+        The pruned kind ranks layers on the training audio: that runs on the main process only,
+        the resolved settings (``removed``) go to every rank and into ``config.yaml``, and a
+        resumed run reuses the ones its first run wrote, so every rank and every restart trains
+        the same student.
+        """
+        from accelerate.utils import broadcast_object_list
+
+        cfg, spec = self.cfg, self.cfg.student
+        saved = self.out / "config.yaml"
+        if self.t.resume and saved.is_file():
+            previous = load_config(DistillConfig, saved).student
+            if previous.kind == spec.kind:
+                spec = previous
+        data = [str(d) for d in cfg.data]
+        student, resolved = None, [None]
+        if self.main:
+            student = build_student(spec, self.teacher, seed=self.t.seed, data=data)
+            resolved = [student.resolved_options(spec.options)]
+        if self.acc.num_processes > 1:
+            broadcast_object_list(resolved, from_process=0)
+        cfg.student = spec.with_options(**{f.name: getattr(resolved[0], f.name) for f in fields(resolved[0])})
+        if student is None:
+            student = build_student(cfg.student, self.teacher, seed=self.t.seed, data=data)
+        return student
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -279,7 +307,7 @@ class _Run:
         for batch in self._loader(self.valid_ds, self.valid_sampler):
             if batch["wav"] is None:
                 continue
-            loss, _, frame_lengths = self._batch_loss(batch)
+            loss, _, frame_lengths = self._batch_loss(batch, self.student.valid_kwargs())
             n = float(frame_lengths.sum())
             total += torch.tensor([float(loss) * n, n], device=self.acc.device)
         self.model.train()

@@ -99,6 +99,14 @@ class StudentModel(PreTrainedModel):
         """Keyword arguments of the stack for training step ``step`` (e.g. a sampled depth)."""
         return {}
 
+    def valid_kwargs(self) -> dict:
+        """Keyword arguments of the stack for validation (deterministic: e.g. the full depth)."""
+        return {}
+
+    def resolved_options(self, options):
+        """``options`` with every choice made while building filled in, so they rebuild this student."""
+        return options
+
     def describe(self) -> str:
         return f"{self.kind} student of {self.config.teacher_name}"
 

@@ -42,19 +42,27 @@ class DistilHubertConfig(HFLayerConfig):
 
 
 class HeadsStack(nn.Module):
-    """Backbone stack, then prediction heads on its last state: outputs = states + head outputs."""
+    """Backbone stack, then prediction heads on its last state.
 
-    def __init__(self, inner: nn.Module, dim: int, num_heads: int):
+    ``forward(x, frame_lengths, heads=False)`` returns the backbone states, followed by the
+    heads' outputs when ``heads`` (training) or ``expose`` (s3prl-style use) is set: inference
+    without exposed heads never pays for them.
+    """
+
+    def __init__(self, inner: nn.Module, dim: int, num_heads: int, expose: bool = False):
         super().__init__()
         self.inner = inner
         self.heads = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_heads))
+        self.expose = expose
 
     @property
     def layers(self) -> nn.ModuleList:
         return self.inner.layers
 
-    def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor, heads: bool = False) -> list[torch.Tensor]:
         states = self.inner(x, frame_lengths)
+        if not (heads or self.expose):
+            return states
         keep = lengths_to_mask(frame_lengths, x.shape[1]).unsqueeze(-1).to(states[-1].dtype)
         return states + [head(states[-1]) * keep for head in self.heads]
 
@@ -64,13 +72,30 @@ class DistilHubertStudent(HFLayerStudent):
     config_class = DistilHubertConfig
     options_class = DistilHubertOptions
     default_loss = "l1_cos"
+    per_layer_targets = False  # target_layers are the heads' targets
 
     def __init__(self, config: DistilHubertConfig):
         super().__init__(config)
         self.post_init()
 
     def wrap_stack(self, inner, config, dim):
-        return HeadsStack(inner, dim, len(config.target_layers))
+        return HeadsStack(inner, dim, len(config.target_layers), expose=config.expose_heads)
+
+    def step_kwargs(self, step: int) -> dict:
+        return {"heads": True}
+
+    def valid_kwargs(self) -> dict:
+        return {"heads": True}
+
+    @property
+    def info(self):
+        """Parameters of what inference runs: the heads count only when exposed."""
+        from dataclasses import replace
+
+        from distill.core import count_params
+
+        info = super().info
+        return info if self.config.expose_heads else replace(info, params_stack=count_params(self.inner))
 
     @classmethod
     def from_teacher(cls, teacher, options: DistilHubertOptions, context: BuildContext) -> "DistilHubertStudent":

@@ -102,6 +102,22 @@ def teacher_layer_stack(teacher) -> nn.Module:
     return getattr(stack, "inner", stack)
 
 
+def teacher_layer_index(teacher, m: int) -> int:
+    """Index (0-based) in the teacher's layer list of the module that computes its layer ``m``.
+
+    A shared-layer teacher applies its few layers along a schedule; a DistilHuBERT-style
+    teacher with exposed heads has more states than transformer layers.
+    """
+    schedule = getattr(teacher.stack, "schedule", None)
+    if schedule is not None:
+        return schedule[m - 1]
+    n = len(teacher_layer_stack(teacher).layers)
+    if not 1 <= m <= n:
+        raise ValueError(f"teacher {teacher.name!r}: its state {m} is not the output of one of its {n} transformer "
+                         "layers (prediction heads?), so no layer can be copied from it")
+    return m - 1
+
+
 class HFLayerConfig(StudentConfig):
     """Config of a student made of the teacher's own layers.
 
@@ -121,6 +137,8 @@ class HFLayerConfig(StudentConfig):
 
 class HFLayerStudent(StudentModel):
     """Base of the students made of teacher layers; a kind wraps :attr:`inner` in its ``stack``."""
+
+    per_layer_targets = True  # config.target_layers[k]: the target of layer k+1 (False: e.g. heads' targets)
 
     def build_parts(self, config: HFLayerConfig):
         backbone = build_backbone(config.frontend_arch, config.backbone_config, config.num_unique_layers)
@@ -154,7 +172,8 @@ class HFLayerStudent(StudentModel):
         self.frontend.load_state_dict(teacher.frontend.state_dict())
         src = teacher_layer_stack(teacher).state_dict()
         dst = self.inner.state_dict()
-        self.inner.load_state_dict(remap_layers(src, dst.keys(), [m - 1 for m in self.config.layer_sources]))
+        index = [teacher_layer_index(teacher, m) for m in self.config.layer_sources]
+        self.inner.load_state_dict(remap_layers(src, dst.keys(), index))
 
     def without_layers(self, remove) -> "HFLayerStudent":
         """A copy without the 1-based transformer layers ``remove`` (model surgery, no retraining).
@@ -168,7 +187,7 @@ class HFLayerStudent(StudentModel):
         c = pruned.config
         c.num_unique_layers = len(keep)
         c.layer_sources = [self.config.layer_sources[k - 1] for k in keep]
-        if len(self.config.target_layers) == self.config.num_unique_layers:  # one target per layer
+        if self.per_layer_targets:
             c.target_layers = [self.config.target_layers[k - 1] for k in keep]
         pruned.name = f"{self.name} without layers {remove}"
         return pruned

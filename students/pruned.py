@@ -102,6 +102,11 @@ class PrunedStudent(HFLayerStudent):
         student.chosen = chosen
         return student
 
+    def resolved_options(self, options: PrunedOptions) -> PrunedOptions:
+        from dataclasses import replace
+
+        return replace(options, removed=list(self.config.removed_layers))
+
     def without_layers(self, remove) -> "PrunedStudent":
         pruned = super().without_layers(remove)
         c = pruned.config

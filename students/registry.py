@@ -11,6 +11,7 @@ A kind is one file in ``students/`` (a :class:`~students.base.StudentModel` subc
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 
 from transformers import AutoConfig, AutoModel
@@ -52,7 +53,17 @@ class StudentSpec:
 
     def __post_init__(self):
         student_class(self.kind)  # a clear error for an unknown kind
-        self.sections = dict(self.sections)
+        sections = {}
+        for kind, options in self.sections.items():  # own copies: specs never share option objects
+            cls = student_class(kind).options_class
+            if isinstance(options, dict):
+                from distill.config import load_config
+
+                options = load_config(cls, None, options)
+            if not isinstance(options, cls):
+                raise ValueError(f"student section {kind!r} must be {cls.__name__} settings, got {options!r}")
+            sections[kind] = copy.deepcopy(options)
+        self.sections = sections
 
     # hooks of distill.config: one typed sub-section per registered kind
     @staticmethod
@@ -82,9 +93,8 @@ class StudentSpec:
         """A copy whose active section has ``changes`` applied."""
         from dataclasses import replace
 
-        copy = StudentSpec(self.name, self.kind, self.train_frontend, dict(self.sections))
-        copy.sections[self.kind] = replace(self.options, **changes)
-        return copy
+        sections = {**self.sections, self.kind: replace(self.options, **changes)}
+        return StudentSpec(self.name, self.kind, self.train_frontend, sections)
 
 
 def student_name(spec: StudentSpec) -> str:

@@ -13,6 +13,7 @@ student at depth d exports as a plain model of the teacher's architecture with d
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,7 +42,7 @@ class SharedOptions:
 
 def map_depth(k: int, depth: int, teacher_layers: int) -> int:
     """Teacher layer ``m(k)`` that application ``k`` of ``depth`` regresses: even, the last onto the last."""
-    return max(1, round(k * teacher_layers / depth))
+    return max(1, math.floor(k * teacher_layers / depth + 0.5))
 
 
 class SharedConfig(HFLayerConfig):
@@ -93,6 +94,9 @@ class SharedStudent(HFLayerStudent):
     config_class = SharedConfig
     options_class = SharedOptions
     may_skip_parameters = True  # a shallow sampled depth leaves later groups unused in that step
+
+    def valid_kwargs(self) -> dict:
+        return {"depth": self.max_depth}  # validation at the full depth, whatever the inference depth
 
     def __init__(self, config: SharedConfig):
         super().__init__(config)

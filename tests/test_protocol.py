@@ -115,5 +115,36 @@ def test_unreachable_hub_id_is_one_clear_line(tmp_path):
     assert proc.returncode == 2
     err = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "facebook/hubert-base-ls960" in err[0] and "neither a local folder nor in the local" in err[0]
+    assert "facebook/hubert-base-ls960" in err[0] and "neither a local folder nor in the local Hugging Face cache" in err[0]
     assert "--teacher DIR" in err[0]
+
+
+def test_imports_point_one_way():
+    """core imports nothing of ours; students never import the teacher loader or anything above it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+
+    def ours(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:  # relative: resolve against the file's package
+                    mod = f"{path.parent.name}.{mod}" if mod else path.parent.name
+                found.add(mod)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return {m for m in found if m.split(".")[0] in ("distill", "students", "tasks")}
+
+    assert ours(root / "distill" / "core.py") == set()
+    above = {"distill.teacher", "distill.train", "distill.pipeline", "distill.cli", "distill.export",
+             "distill.redundancy", "distill.prune_run", "distill.s3prl_teacher", "tasks"}
+    for f in sorted((root / "students").glob("*.py")):
+        bad = {m for m in ours(f) if m in above or m.split(".")[0] == "tasks"}
+        assert not bad, f"{f.name} imports {bad}"
+    proc = subprocess.run([sys.executable, "-c", "import sys, students; "
+                           "print(sorted(m for m in sys.modules if m.startswith('distill')))"],
+                          capture_output=True, text=True, cwd=root, timeout=120)
+    assert "distill.teacher" not in proc.stdout and "distill.core" in proc.stdout, proc.stdout + proc.stderr

@@ -101,8 +101,11 @@ def test_distilhubert_copied_layers_reproduce_the_teacher_at_step_0(teachers, ar
     if arch == "hubert":
         torch.testing.assert_close(s_states[2], t_states[2], rtol=0, atol=1e-6)
     # heads: one per target layer, training-only unless exposed
-    outputs = student.stack(*teacher.frontend(wav, lens))
+    assert len(student.stack(*teacher.frontend(wav, lens))) == 3  # inference never runs the heads
+    outputs = student.stack(*teacher.frontend(wav, lens), **student.step_kwargs(0))
     assert len(outputs) == 3 + 3
+    layer = sum(p.numel() for p in teacher.stack.layers[0].parameters())
+    assert student.info.params_stack == teacher.info.params_stack - 2 * layer  # heads are not shipped
     pairs = student.distill_pairs(outputs, TeacherTargets(t_states, fl))
     assert [p[0] for p in pairs] == ["head1_layer1", "head2_layer3", "head3_layer4"]
     exposed = build_student(StudentSpec(kind="distilhubert", sections={"distilhubert": students.distilhubert
