@@ -77,7 +77,7 @@ class PipelineConfig:
     ks_corpus: SpeechCommandsConfig = field(default_factory=lambda: SpeechCommandsConfig(snr_db=5.0))
     students: list[StudentSpec] = field(default_factory=_default_students,
                                         metadata={"help": "students to distil and compare (YAML list of specs)"})
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000, eval_every=200, save_every=500))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=700, eval_every=175, save_every=350))
     analysis: AnalyzeConfig = field(default_factory=lambda: AnalyzeConfig(crop_seconds=1.0, max_utterances=1024),
                                     metadata={"help": "layer similarity on the KS train audio (teacher/data/out set here)"})
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(crop_seconds=1.0),

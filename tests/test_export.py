@@ -154,3 +154,27 @@ def test_export_command_takes_a_run_folder_and_a_depth(hubert_teacher, tmp_path)
     mimic.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="shared students"):
         export(ExportConfig(model=str(tmp_path / "m"), out=str(tmp_path / "x"), depth=1))
+
+
+@pytest.mark.parametrize("arch,upstream", [("hubert", "hf_hubert_custom"), ("wav2vec2", "hf_wav2vec2_custom")])
+def test_stock_s3prl_upstreams_load_the_plain_export(tmp_path, arch, upstream):
+    """s3prl's own hf_*_custom upstreams read the folder (no hub): no file of s3prl copied or edited."""
+    from s3prl.nn import S3PRLUpstream
+
+    teacher = load_teacher(str(save_tiny_model(arch, tmp_path / "t", num_hidden_layers=4)))
+    spec = StudentSpec(kind="pruned")
+    spec.pruned.ordering = "last"
+    student = _perturbed(build_student(spec, teacher))
+    out = export_student(student, tmp_path / "export")
+    up = S3PRLUpstream(upstream, path_or_url=str(out)).eval()
+    wav = 0.1 * torch.randn(1, 12000, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        states, lengths = up(wav, torch.tensor([12000]))
+        ours, frames = student(wav)
+        # the upstream's own HF model holds the student's weights (s3prl pads the input a little,
+        # which moves group-norm statistics, so compare the model on the same input)
+        inner = up.upstream.model(wav, output_hidden_states=True).hidden_states
+    assert len(states) == len(ours) == student.num_layers + 1
+    assert abs(int(lengths[-1][0]) - int(frames[0])) <= 2  # within s3prl's own tolerance of 5 frames
+    for a, b in zip(inner, ours):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -71,9 +73,15 @@ def test_bad_files_in_training_data_are_skipped(tiny_whisper_dir, sentences_corp
     shutil.copytree(sentences_corpus, data)
     (data / "broken.wav").write_bytes(b"RIFF....WAVEnothing")
     (data / "tiny.flac").write_bytes((sentences_corpus / "100" / "1000" / "100-1000-0000.flac").read_bytes()[:60])
-    summary = distill(_cfg(tiny_whisper_dir, data, tmp_path / "run", max_steps=4))
-    assert summary["files_skipped"] >= 1
+    nan = 0.1 * np.ones(16000, np.float32)
+    nan[5] = np.nan
+    sf.write(data / "nan.wav", nan, 16000, subtype="FLOAT")  # a fine header: listed, then skipped when loaded
+    summary = distill(_cfg(tiny_whisper_dir, data, tmp_path / "run", max_steps=12))  # more than an epoch
     assert any("broken.wav" in p for p in summary["skipped"])
+    assert any("nan.wav" in p for p in summary["skipped"])
+    good = len(list(sentences_corpus.rglob("*.flac")))
+    assert summary["files_listed"] == good + 1  # nan.wav's header reads fine
+    assert summary["files_used"] == good  # ... but it was skipped when loaded, so it was not used
 
 
 def _free_port() -> int:
