@@ -142,6 +142,9 @@ class HFLayerStudent(StudentModel):
 
     def build_parts(self, config: HFLayerConfig):
         backbone = build_backbone(config.frontend_arch, config.backbone_config, config.num_unique_layers)
+        embed = getattr(backbone, "masked_spec_embed", None)
+        if embed is not None:  # unused here, kept so exports carry the teacher's (SpecAugment fine-tuning uses it)
+            self.register_buffer("masked_spec_embed", embed.detach().clone())
         _, frontend, inner = hf_parts(backbone)
         return frontend, self.wrap_stack(inner, config, frontend.output_dim)
 
@@ -174,6 +177,11 @@ class HFLayerStudent(StudentModel):
         dst = self.inner.state_dict()
         index = [teacher_layer_index(teacher, m) for m in self.config.layer_sources]
         self.inner.load_state_dict(remap_layers(src, dst.keys(), index))
+        embed = getattr(getattr(teacher, "hf_model", None), "masked_spec_embed", None)
+        if embed is None:
+            embed = getattr(teacher, "masked_spec_embed", None)  # a student made of teacher layers
+        if embed is not None and hasattr(self, "masked_spec_embed") and embed.shape == self.masked_spec_embed.shape:
+            self.masked_spec_embed.copy_(embed.detach())
 
     def without_layers(self, remove) -> "HFLayerStudent":
         """A copy without the 1-based transformer layers ``remove`` (model surgery, no retraining).
@@ -207,6 +215,9 @@ class HFLayerStudent(StudentModel):
         _, frontend, inner = hf_parts(model)
         frontend.load_state_dict(self.frontend.state_dict())
         inner.load_state_dict(remap_layers(self.inner.state_dict(), inner.state_dict().keys(), layer_map))
+        if hasattr(model, "masked_spec_embed") and hasattr(self, "masked_spec_embed"):
+            with torch.no_grad():
+                model.masked_spec_embed.copy_(self.masked_spec_embed)
         return model.eval()
 
     def save_standard(self, out: str | Path, depth: int | None = None, card: str | None = None) -> Path:

@@ -36,7 +36,7 @@ def _run_clean(code: str, tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -65,6 +65,10 @@ def test_ssl_student_exports_as_a_plain_hubert_folder(hubert_teacher, tmp_path, 
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
     assert not any(n.endswith(".py") for n in names)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["HubertModel"]
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(out / "model.safetensors")["masked_spec_embed"],
+                               hubert_teacher.hf_model.masked_spec_embed)  # the teacher's, not a fresh one
     if depth:
         student.set_depth(depth)
     wav = 0.1 * torch.randn(1, 12000, generator=torch.Generator().manual_seed(3))
