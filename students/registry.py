@@ -12,7 +12,7 @@ A kind is one file in ``students/`` (a :class:`~students.base.StudentModel` subc
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from transformers import AutoConfig, AutoModel
 
@@ -108,6 +108,3 @@ def build_student(spec: StudentSpec, teacher, seed: int = 0, data: list[str] | N
     student.freeze_frontend(not spec.train_frontend)
     return student
 
-
-def option_names(kind: str) -> list[str]:
-    return [f.name for f in fields(student_class(kind).options_class)]
