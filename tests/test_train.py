@@ -90,15 +90,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+STUDENT_FLAGS = {
+    "mimic": ["--student.mimic.mimic_dim", "16"],
+    # two groups over three applications: a sampled depth of 1 leaves a group unused on both ranks
+    "shared": ["--student.kind", "shared", "--student.shared.groups", "2"],
+    # the layers to prune are chosen on rank 0 and sent to rank 1
+    "pruned": ["--student.kind", "pruned"],
+}
+
+
 @pytest.mark.slow
-def test_two_process_accelerate_launch(tiny_whisper_dir, sentences_corpus, tmp_path):
+@pytest.mark.parametrize("kind", list(STUDENT_FLAGS))
+def test_two_process_accelerate_launch(tiny_whisper_dir, sentences_corpus, tmp_path, kind):
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--main_process_port", str(_free_port()), "-m", "distill.cli", "distill",
            "--teacher", str(tiny_whisper_dir), "--data", str(sentences_corpus), "--out", str(out),
            "--train.max_steps", "6", "--train.batch_seconds", "4", "--train.crop_seconds", "1.5",
-           "--train.eval_every", "3", "--train.save_every", "3", "--student.mimic.mimic_dim", "16"]
+           "--train.eval_every", "3", "--train.save_every", "3", *STUDENT_FLAGS[kind]]
     # own session: on a timeout the launcher *and* its ranks are killed, none left holding the CPU
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -114,5 +124,9 @@ def test_two_process_accelerate_launch(tiny_whisper_dir, sentences_corpus, tmp_p
     # in each epoch the two ranks see different utterances
     assert set(ranks[0]["indices"][:2]).isdisjoint(ranks[1]["indices"][:2])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["num_processes"] == 2
+    assert summary["num_processes"] == 2 and summary["student"]["kind"] == kind
+    if kind == "pruned":  # the choice made on rank 0 is written down, so a resume rebuilds the same student
+        import yaml
+
+        assert len(yaml.safe_load((out / "config.yaml").read_text())["student"]["pruned"]["removed"]) == 1
     assert (out / "best" / "model.safetensors").is_file()
