@@ -143,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     comflp_removed = pruning["search"]["best"]["removed"] if pruning else None
 
     # 4. distil and export every student
-    runs, models, students = {}, {}, {}
+    runs, students = {}, {}
     for name, spec in zip(names, cfg.students):
         spec = _resolve_spec(spec, targets, comflp_removed)
         run_dir = out / "distill" / name

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from .blocks import BlockStructure
 from .core import check_layers_to_remove, lengths_to_mask
@@ -43,11 +42,9 @@ def save_pruned(pruned, out: str | Path) -> Path:
     student folder of their kind.
     """
     out = Path(out)
-    if isinstance(pruned, nn.Module) and hasattr(pruned, "config") and hasattr(pruned, "kind"):
-        with atomic_dir(out) as tmp:  # a student
-            pruned.save_pretrained(tmp, safe_serialization=True)
-        return out
-    return pruned.save_pretrained(out)
+    with atomic_dir(out) as tmp:
+        pruned.save_pretrained(tmp, safe_serialization=True)
+    return out
 
 
 @contextlib.contextmanager
@@ -70,12 +67,12 @@ def skip_layers(teacher, skip):
 def block_influence(model, batches, max_batches: int | None = None) -> list[float]:
     """``BI_i = 1 - mean cos(h_{i-1}, h_i)`` over valid frames, for layers i = 1..L."""
     sums, frames = None, 0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for n, batch in enumerate(batches):
         if max_batches is not None and n >= max_batches:
             break
         if batch.get("wav") is None:
             continue
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))
         mask = lengths_to_mask(frame_lengths, states[0].shape[1])
         cos = torch.stack([torch.nn.functional.cosine_similarity(states[i - 1], states[i], dim=-1)[mask]

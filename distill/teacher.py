@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from .core import ModelInfo, autocast_for, check_layers_to_remove, check_wav_batch, count_params
-from .fsutil import atomic_dir
 from .stacks import delete_layers, hf_parts, set_num_layers
 
 OFFLINE_DEFAULT = "whisper-tiny.en"
@@ -91,17 +90,18 @@ class Teacher(nn.Module):
         delete_layers(pruned.stack.layers, remove, self.arch)
         if pruned.config is not None:
             set_num_layers(pruned.config, len(pruned.stack.layers))
+        # layer numbers stay those of the original model when a pruned model is pruned again
         before = self.pruned_from.get("kept", list(range(1, self.num_layers + 1)))
+        original_depth = len(before) + len(self.pruned_from.get("removed", []))
         kept = [before[i - 1] for i in range(1, self.num_layers + 1) if i not in remove]
         original = self.pruned_from.get("model", self.name)
-        removed = sorted(i for i in range(1, len(before) + len(self.pruned_from.get("removed", [])) + 1)
-                         if i not in kept)
+        removed = [i for i in range(1, original_depth + 1) if i not in kept]
         pruned.name = f"{original} without layers {removed}" if removed else self.name
         pruned.pruned_from = {"model": original, "removed": removed, "kept": kept}
         return pruned
 
     def save_pretrained(self, out: str | Path, **_ignored) -> Path:
-        """Write the model as a Hugging Face folder of its own type, atomically (pruned or not)."""
+        """Write the model as a Hugging Face folder of its own type (pruned or not)."""
         hf = self.hf_model
         if hf is None and self.ct2_folder:
             from .ct2 import load_hf_whisper
@@ -111,10 +111,8 @@ class Teacher(nn.Module):
             set_num_layers(hf.config, len(hf.encoder.layers))
         if hf is None:
             raise ValueError(f"{self.name}: only Hugging Face and CTranslate2 teachers can be saved as folders")
-        out = Path(out)
-        with atomic_dir(out) as tmp:
-            hf.save_pretrained(tmp, safe_serialization=True)
-        return out
+        hf.save_pretrained(out, safe_serialization=True)
+        return Path(out)
 
 
 def _from_hf_model(name: str, model) -> Teacher:

@@ -26,14 +26,14 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field, fields
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from students.registry import StudentSpec, build_student
+from students.registry import StudentSpec, build_student, student_class
 
 from .audio import SAMPLE_RATE
 from .config import load_config, save_config, to_dict
@@ -130,7 +130,7 @@ class _Run:
 
     def __init__(self, cfg: DistillConfig):
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         t = cfg.train
         if t.loss != "auto" and t.loss not in LOSSES:
@@ -139,10 +139,6 @@ class _Run:
             raise ValueError("no training data: set data=<audio folder | LibriSpeech tree | manifest.tsv>")
         self.cfg, self.t = cfg, t
         self.out = Path(cfg.out)
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        from students.registry import student_class
-
         # a student that may leave parameters unused in a step (a shallow sampled depth) tells DDP so
         unused = getattr(student_class(cfg.student.kind), "may_skip_parameters", False)
         self.acc = Accelerator(

@@ -78,6 +78,7 @@ class StudentModel(PreTrainedModel):
         if not config.frontend_config:
             raise ValueError(f"{type(self).__name__} config lacks frontend_config (build students with from_teacher)")
         self.frontend, self.stack = self.build_parts(config)
+        self.post_init()
 
     # -- what a kind supplies --------------------------------------------------------------------
 

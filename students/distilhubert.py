@@ -74,10 +74,6 @@ class DistilHubertStudent(HFLayerStudent):
     default_loss = "l1_cos"
     per_layer_targets = False  # target_layers are the heads' targets
 
-    def __init__(self, config: DistilHubertConfig):
-        super().__init__(config)
-        self.post_init()
-
     def wrap_stack(self, inner, config, dim):
         return HeadsStack(inner, dim, len(config.target_layers), expose=config.expose_heads)
 
@@ -108,10 +104,7 @@ class DistilHubertStudent(HFLayerStudent):
             raise ValueError(f"distilhubert.head_layers must lie in 1..{depth}, got {heads}")
         config = cls.config_from_teacher(teacher, n, list(range(1, n + 1)), target_layers=heads,
                                          expose_heads=options.expose_heads)
-        torch.manual_seed(context.seed)
-        student = cls(config)
-        student.copy_from_teacher(teacher)
-        return student
+        return cls.initialised_from(teacher, config, context.seed)
 
     @property
     def num_layers(self) -> int:

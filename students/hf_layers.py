@@ -170,6 +170,14 @@ class HFLayerStudent(StudentModel):
             layer_sources=list(layer_sources), frontend_arch=frontend.arch, frontend_config=frontend.config.to_dict(),
             teacher_name=teacher.name, teacher_num_layers=teacher.num_layers, **fields)
 
+    @classmethod
+    def initialised_from(cls, teacher, config: HFLayerConfig, seed: int) -> "HFLayerStudent":
+        """A student of ``config`` (seeded) whose frontend and layers are copied from ``teacher``."""
+        torch.manual_seed(seed)
+        student = cls(config)
+        student.copy_from_teacher(teacher)
+        return student
+
     def copy_from_teacher(self, teacher) -> None:
         """Frontend and non-layer parts from ``teacher``; unique layer g from ``layer_sources[g]``."""
         self.frontend.load_state_dict(teacher.frontend.state_dict())

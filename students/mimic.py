@@ -61,10 +61,6 @@ class MimicStudent(StudentModel):
     config_class = MimicConfig
     options_class = MimicOptions
 
-    def __init__(self, config: MimicConfig):
-        super().__init__(config)
-        self.post_init()
-
     def build_parts(self, config: MimicConfig):
         if not config.target_layers:
             raise ValueError("MimicConfig.target_layers is empty: one mimicking layer per target layer")

@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from distill.core import check_layers_to_remove
 
 from .base import BuildContext
@@ -85,10 +83,6 @@ class PrunedStudent(HFLayerStudent):
     config_class = PrunedConfig
     options_class = PrunedOptions
 
-    def __init__(self, config: PrunedConfig):
-        super().__init__(config)
-        self.post_init()
-
     @classmethod
     def from_teacher(cls, teacher, options: PrunedOptions, context: BuildContext) -> "PrunedStudent":
         check_layer_teacher(teacher)
@@ -96,9 +90,7 @@ class PrunedStudent(HFLayerStudent):
         kept = [i for i in range(1, teacher.num_layers + 1) if i not in removed]
         targets = kept[:-1] + [teacher.num_layers]  # each kept layer -> its own, the last -> the last
         config = cls.config_from_teacher(teacher, len(kept), kept, removed_layers=removed, target_layers=targets)
-        torch.manual_seed(context.seed)
-        student = cls(config)
-        student.copy_from_teacher(teacher)
+        student = cls.initialised_from(teacher, config, context.seed)
         student.chosen = chosen
         return student
 

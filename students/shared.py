@@ -98,10 +98,6 @@ class SharedStudent(HFLayerStudent):
     def valid_kwargs(self) -> dict:
         return {"depth": self.max_depth}  # validation at the full depth, whatever the inference depth
 
-    def __init__(self, config: SharedConfig):
-        super().__init__(config)
-        self.post_init()
-
     def wrap_stack(self, inner, config, dim):
         return SharedStack(inner, config.schedule, config.depth)
 
@@ -123,10 +119,7 @@ class SharedStudent(HFLayerStudent):
             teacher, G, sources, schedule=schedule, depth=D, min_depth=options.min_depth,
             depth_sampling=options.depth_sampling, seed=context.seed,
             target_layers=[map_depth(k, D, L) for k in range(1, D + 1)])
-        torch.manual_seed(context.seed)
-        student = cls(config)
-        student.copy_from_teacher(teacher)
-        return student
+        return cls.initialised_from(teacher, config, context.seed)
 
     # -- depth ------------------------------------------------------------------------------------
 

@@ -47,10 +47,6 @@ class ToyStudent(StudentModel):
     config_class = ToyConfig
     options_class = ToyOptions
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.post_init()
-
     def build_parts(self, config):
         return build_frontend(config.frontend_arch, config.frontend_config), ToyStack(config.hidden_size, config.gain)
 
