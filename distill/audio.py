@@ -85,20 +85,32 @@ def resample(wav: torch.Tensor, src_rate: int, dst_rate: int = SAMPLE_RATE) -> t
     return AF.resample(wav, src_rate, dst_rate)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 1) -> torch.Tensor:
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_samples: int = 1, start: int = 0,
+               num_samples: int | None = None) -> torch.Tensor:
     """Load ``path`` as a mono float32 waveform ``(samples,)`` at ``sample_rate``.
 
-    Channels are averaged. Raises :class:`AudioError` for a missing, undecodable, empty,
-    non-finite or too-short file.
+    ``start`` / ``num_samples`` (in samples at ``sample_rate``) select a window: a file already at
+    that rate is read only there (a crop of an hour-long file costs the crop, not the hour);
+    other files are decoded whole, resampled, then cut. Channels are averaged. Raises
+    :class:`AudioError` for a missing, undecodable, empty, truncated, non-finite or too-short
+    file (``min_samples`` applies to the whole file, before the window is cut).
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "file not found")
+    if start < 0 or (num_samples is not None and num_samples <= 0):
+        raise ValueError(f"{path}: window start={start}, num_samples={num_samples} is not a valid window")
+    total, rate = audio_info(path)
+    windowed = rate == sample_rate and (start > 0 or num_samples is not None)
     try:
-        data, rate = _decode(path)
+        if windowed:
+            data = _decode_window(path, start, num_samples)
+        else:
+            data, rate = _decode(path)
+            total = data.shape[0]
     except Exception as exc:
         raise AudioError(path, f"cannot decode audio ({exc})") from None
-    if data.shape[0] == 0:
+    if total == 0 or data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
     truncated = _wav_truncation(path) if path.suffix.lower() == ".wav" else None
     if truncated:
@@ -106,12 +118,30 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, min_samples: in
     if not np.isfinite(data).all():
         raise AudioError(path, "audio holds NaN or infinite samples")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-    wav = resample(wav, rate, sample_rate)
-    if wav.numel() < min_samples:
+    total_out = total if windowed else None
+    if not windowed:
+        wav = resample(wav, rate, sample_rate)
+        total_out = wav.numel()
+        if start or num_samples is not None:
+            wav = wav[start: None if num_samples is None else start + num_samples]
+    if total_out < min_samples:
         raise AudioError(
-            path, f"too short: {wav.numel()} samples at {sample_rate} Hz, need at least {min_samples}"
+            path, f"too short: {total_out} samples at {sample_rate} Hz, need at least {min_samples}"
         )
+    if wav.numel() == 0:
+        raise AudioError(path, f"window from sample {start} lies beyond the file's {total_out} samples")
     return wav.contiguous()
+
+
+def _decode_window(path: Path, start: int, num_samples: int | None) -> np.ndarray:
+    """Samples ``[start, start + num_samples)`` of a file at its own rate, ``(samples, channels)``."""
+    if path.suffix.lower() == ".raw":
+        count = -1 if num_samples is None else num_samples
+        data = np.fromfile(path, dtype="<i2", count=count, offset=2 * start).astype(np.float32) / 32768.0
+        return data[:, None]
+    frames = -1 if num_samples is None else num_samples
+    data, _ = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    return data
 
 
 def write_wav(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

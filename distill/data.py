@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,19 +158,57 @@ class AudioDataset(Dataset):
         n = self.items[i].num_samples
         return n if self.max_samples is None else min(n, self.max_samples)
 
+    def window(self, i: int) -> tuple[int, int | None]:
+        """``(start, num_samples)`` of what item ``i`` contributes this epoch (``None``: all of it)."""
+        n = self.items[i].num_samples
+        if self.max_samples is None or n <= self.max_samples:
+            return 0, None
+        start = 0
+        if self.random_crop:
+            start = random.Random(f"{self.seed}-{self.epoch}-{i}").randrange(n - self.max_samples + 1)
+        return start, self.max_samples
+
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
+        start, num = self.window(i)
         try:
-            wav = load_audio(item.path, min_samples=self.min_samples)
+            wav = load_audio(item.path, min_samples=self.min_samples, start=start, num_samples=num)
         except AudioError as err:
             return {"skip": SkipRecord(err.path, err.reason), "index": i}
-        if self.max_samples is not None and wav.numel() > self.max_samples:
-            start = 0
-            if self.random_crop:
-                rng = random.Random(f"{self.seed}-{self.epoch}-{i}")
-                start = rng.randrange(wav.numel() - self.max_samples + 1)
-            wav = wav[start:start + self.max_samples]
-        return {"wav": wav, "index": i}
+        # never longer than planned: the batch sampler sized batches by these lengths
+        return {"wav": wav[: self.cropped_length(i)], "index": i}
+
+
+def segment_spans(num_samples: int, crop: int | None, min_samples: int = 1) -> list[tuple[int, int]]:
+    """Deterministic cut of an utterance into ``(start, length)`` windows of ``crop`` samples.
+
+    Consecutive windows from the start; the tail is kept when it holds at least
+    ``min_samples``, and an utterance shorter than ``crop`` is one window. The first window is
+    the one validation uses (an utterance cropped from its start), so online and cached
+    validation see the same audio.
+    """
+    if num_samples <= 0:
+        return []
+    if crop is None or num_samples <= crop:
+        return [(0, num_samples)]
+    spans = [(s, crop) for s in range(0, num_samples - crop + 1, crop)]
+    tail = num_samples - len(spans) * crop
+    if tail >= min_samples:
+        spans.append((len(spans) * crop, tail))
+    return spans
+
+
+def load_segments(item: AudioItem, spans: list[tuple[int, int]], min_samples: int = 1) -> list:
+    """The waveforms ``(length,)`` of ``spans`` of ``item``, cut as :class:`AudioDataset` cuts them.
+
+    A 16 kHz file is read window by window (memory bounded by a window); any other file is
+    decoded and resampled once. Raises :class:`AudioError` for a bad file.
+    """
+    _, rate = audio_info(item.path)
+    if rate == SAMPLE_RATE:
+        return [load_audio(item.path, min_samples=min_samples, start=s, num_samples=n)[:n] for s, n in spans]
+    whole = load_audio(item.path, min_samples=min_samples)
+    return [whole[s:s + n] for s, n in spans]
 
 
 class SkipTally:
@@ -212,23 +249,36 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches whose padded size ``max_len * batch_size`` stays within ``max_batch_samples``.
 
     Utterances are sorted by length (ties and order within buckets shuffled by the epoch's
-    seed), cut greedily into batches, then the batch order is shuffled. The batch list is
-    padded (by repeating batches) to a multiple of ``num_replicas`` and rank ``rank`` takes
-    every ``num_replicas``-th batch, so every process runs the same number of steps.
+    seed), cut greedily into batches, then the batch order is shuffled. An utterance longer than
+    the budget is an error (crop it first): no batch ever exceeds ``max_batch_samples``.
+
+    Distributed runs: with ``even`` (training) the batch list is padded, by repeating batches, to
+    a multiple of ``num_replicas * multiple_of`` (``multiple_of``: gradient accumulation steps)
+    and rank ``rank`` takes every ``num_replicas``-th batch, so every process runs the same
+    number of steps, and an optimizer step covers the same batches whatever the split between
+    processes and accumulation (2 processes x 1 = 1 process x 2). Without ``even``
+    (validation) nothing is repeated and ranks may get one batch more or less.
     ``start_batch`` skips that many of this rank's batches (mid-epoch resume).
     """
 
     def __init__(self, lengths: list[int], max_batch_samples: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, max_batch_size: int | None = None):
+                 num_replicas: int = 1, rank: int = 0, max_batch_size: int | None = None,
+                 multiple_of: int = 1, even: bool = True):
         if max_batch_samples <= 0:
             raise ValueError("max_batch_samples must be positive")
         self.lengths = list(lengths)
+        longest = max(self.lengths, default=0)
+        if longest > max_batch_samples:
+            raise ValueError(f"an utterance of {longest} samples exceeds the batch budget of {max_batch_samples} "
+                             "samples: crop utterances to at most the budget (crop_seconds <= batch_seconds)")
         self.max_batch_samples = max_batch_samples
         self.shuffle = shuffle
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
         self.max_batch_size = max_batch_size
+        self.multiple_of = multiple_of
+        self.even = even
         self.epoch = 0
         self.start_batch = 0
 
@@ -254,9 +304,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             batches.append(cur)
         if self.shuffle:
             rng.shuffle(batches)
-        if self.num_replicas > 1 and len(batches) % self.num_replicas:
-            pad = self.num_replicas - len(batches) % self.num_replicas
-            batches += batches[:pad]
+        group = self.num_replicas * self.multiple_of
+        if self.even and batches and len(batches) % group:
+            pad = group - len(batches) % group
+            batches += (batches * (pad // len(batches) + 1))[:pad]
         return batches
 
     def rank_batches(self) -> list[list[int]]:
@@ -269,7 +320,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return max(0, len(self.rank_batches()) - self.start_batch)
 
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self._all_batches()) / self.num_replicas)
+        return len(self.rank_batches())
 
 
 def analysis_batches(data: list[str], crop_seconds: float, batch_seconds: float, max_utterances: int, seed: int):
@@ -277,7 +328,8 @@ def analysis_batches(data: list[str], crop_seconds: float, batch_seconds: float,
     items, skipped = list_audio(data)
     if max_utterances and len(items) > max_utterances:
         items = sorted(random.Random(seed).sample(items, max_utterances), key=lambda i: i.path)
-    ds = AudioDataset(items, int(crop_seconds * SAMPLE_RATE), random_crop=False, seed=seed)
+    crop = int(min(crop_seconds, batch_seconds) * SAMPLE_RATE)  # no batch exceeds the budget
+    ds = AudioDataset(items, crop, random_crop=False, seed=seed)
     sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))],
                                        int(batch_seconds * SAMPLE_RATE), shuffle=True, seed=seed)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_audio), skipped
