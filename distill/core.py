@@ -159,23 +159,39 @@ def evenly_spaced(n: int, total: int) -> list[int]:
 class TeacherTargets:
     """The teacher's hidden states of one batch, as regression targets for a student.
 
-    ``states``: ``L + 1`` tensors ``(batch, frames, dim)`` as the teacher returns them (the last
-    one after the final norm of a pre-LN stack); ``final_norm``: that norm or ``None``.
+    ``states``: the ``L + 1`` tensors ``(batch, frames, dim)`` as the teacher returns them (the
+    last one after the final norm of a pre-LN stack), or a ``{layer: tensor}`` mapping holding
+    only some of them (targets read from the cache), with ``num_layers`` = L given;
+    ``final_norm``: that norm or ``None``.
     """
 
-    def __init__(self, states: list[torch.Tensor], frame_lengths: torch.Tensor,
-                 final_norm: nn.Module | None = None):
-        self.states, self.frame_lengths, self.final_norm = states, frame_lengths, final_norm
+    def __init__(self, states: list[torch.Tensor] | dict[int, torch.Tensor], frame_lengths: torch.Tensor,
+                 final_norm: nn.Module | None = None, num_layers: int | None = None):
+        if isinstance(states, dict):
+            if num_layers is None:
+                raise ValueError("TeacherTargets from a {layer: state} mapping needs num_layers")
+            self._states, self._num_layers = dict(states), num_layers
+        else:
+            self._states, self._num_layers = dict(enumerate(states)), len(states) - 1
+        self.frame_lengths, self.final_norm = frame_lengths, final_norm
 
     @property
     def num_layers(self) -> int:
-        return len(self.states) - 1
+        return self._num_layers
+
+    @property
+    def available(self) -> list[int]:
+        """The layers these targets hold."""
+        return sorted(self._states)
 
     def layer(self, m: int) -> torch.Tensor:
         """Hidden state ``m`` (0 = stack input) exactly as the teacher returns it."""
         if not 0 <= m <= self.num_layers:
             raise ValueError(f"teacher layer {m} outside 0..{self.num_layers}")
-        return self.states[m]
+        if m not in self._states:
+            raise ValueError(f"teacher layer {m} is not among the targets (they hold layers {self.available}); "
+                             "a target cache must be built with every layer the student regresses")
+        return self._states[m]
 
     def output_at(self, m: int) -> torch.Tensor:
         """The last hidden state of the teacher cut after layer ``m``: ``final_norm(states[m])``."""

@@ -29,12 +29,12 @@ def layer_loss(pred: torch.Tensor, target: torch.Tensor, frame_lengths: torch.Te
     n = mask.sum().clamp(min=1)
     if kind == "mse":
         loss = (((pred - target) ** 2).mean(-1) * mask).sum() / n
-        return loss, {"mse": float(loss)}
+        return loss, {"mse": float(loss.detach())}
     if kind == "l1_cos":
         l1 = ((pred - target).abs().mean(-1) * mask).sum() / n
         cos = F.cosine_similarity(pred, target, dim=-1)
         cos_term = (-F.logsigmoid(cos) * mask).sum() / n
-        return l1 + cos_term, {"l1": float(l1), "cos": float((cos * mask).sum() / n)}
+        return l1 + cos_term, {"l1": float(l1.detach()), "cos": float((cos.detach() * mask).sum() / n)}
     raise ValueError(f"unknown loss {kind!r}; known: {LOSSES}")
 
 
@@ -49,7 +49,7 @@ def pairs_loss(pairs, frame_lengths: torch.Tensor, kind: str = "mse"):
     for label, pred, target in pairs:
         loss, parts = layer_loss(pred, target, frame_lengths, kind)
         total = total + loss
-        logs[f"loss_{label}"] = float(loss)
+        logs[f"loss_{label}"] = float(loss.detach())
         for name, v in parts.items():
             logs[f"{name}_{label}"] = v
     return total, logs

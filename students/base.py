@@ -96,6 +96,10 @@ class StudentModel(PreTrainedModel):
             raise ValueError(f"student returned {len(outputs)} states for {len(layers)} targets")
         return [(f"layer{m}", outputs[k], targets.layer(m)) for k, m in enumerate(layers, start=1)]
 
+    def required_teacher_layers(self) -> list[int]:
+        """Every teacher layer :meth:`distill_pairs` may read: what a target cache must hold."""
+        return sorted(set(self.config.target_layers))
+
     def step_kwargs(self, step: int) -> dict:
         """Keyword arguments of the stack for training step ``step`` (e.g. a sampled depth)."""
         return {}
