@@ -22,6 +22,7 @@ def _commands():
     from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
     from tasks.keyword_spotting import EvaluateConfig, evaluate
 
+    from .cache import CacheBuildConfig, run_cache_build
     from .export import ExportConfig, export
     from .pipeline import PipelineConfig, run_pipeline
     from .prune_run import PruneConfig, run_prune
@@ -38,6 +39,8 @@ def _commands():
         "prune": ("pruning curves per ordering and CoMFLP search, without retraining", PruneConfig, run_prune),
         "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
         "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
+        "cache build": ("compute the teacher's targets once (float16 shards) for distill --train.cache true",
+                        CacheBuildConfig, run_cache_build),
         "corpus ks": ("synthesise Speech Commands v0.01 (train + test roots) with espeak-ng",
                       SpeechCommandsConfig, build_speech_commands),
         "corpus sentences": ("synthesise unlabeled read speech (LibriSpeech layout) with espeak-ng",
