@@ -121,3 +121,45 @@ def test_batches_bounded_by_total_samples_and_sharded():
     assert len(list(r0)) + len(list(r1)) >= len(batches)
     r0.start_batch = 3
     assert list(r0) == r0.rank_batches()[3:]
+
+
+def test_a_window_of_a_long_file_is_read_alone(tmp_path):
+    """A crop of a 10-minute file costs the crop, not the file; the samples are those of a full read."""
+    import tracemalloc
+
+    from distill.data import segment_spans
+
+    rng = np.random.default_rng(0)
+    long = rng.standard_normal(600 * 16000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "long.wav", long, 16000, subtype="PCM_16")
+    whole = load_audio(tmp_path / "long.wav")
+    tracemalloc.start()
+    window = load_audio(tmp_path / "long.wav", start=123_456, num_samples=64000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert torch.equal(window, whole[123_456:123_456 + 64000])
+    assert peak < 4 * 64000 * 4  # a few copies of the window (float32), not 38 MB of file
+    assert segment_spans(10 * 16000 + 5000, 64000, 1600) == [(0, 64000), (64000, 64000), (128000, 37000)]
+    assert segment_spans(2 * 64000 + 1000, 64000, 1600) == [(0, 64000), (64000, 64000)]  # short tail dropped
+    assert segment_spans(5000, 64000, 1600) == [(0, 5000)]
+
+
+def test_no_batch_exceeds_the_budget_even_with_a_40_s_file(tmp_path):
+    from distill.batches import BatchPlan
+
+    rng = np.random.default_rng(0)
+    for name, seconds in (("long40.wav", 40.0), ("a.wav", 1.0), ("b.wav", 2.5), ("c.wav", 0.5)):
+        sf.write(tmp_path / name, rng.standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1, 16000)
+    items, _ = list_audio(tmp_path)
+    budget = 3 * 16000
+    with pytest.raises(ValueError, match="exceeds the batch budget"):  # an uncropped 40 s file cannot be batched
+        BatchPlan(budget, 64, 0).train_sampler([i.num_samples for i in items])
+    ds = AudioDataset(items, max_samples=budget, seed=0)  # training crops at most the budget
+    for multiple, replicas in ((1, 1), (2, 1), (1, 2)):
+        for rank in range(replicas):
+            sampler = BatchPlan(budget, 64, 0, replicas, rank, multiple).train_sampler(
+                [ds.cropped_length(i) for i in range(len(ds))])
+            for indices in sampler:
+                batch = collate_audio([ds[i] for i in indices])
+                assert batch["wav"].numel() <= budget
+            assert len(sampler) % multiple == 0  # whole accumulation windows per epoch and rank
