@@ -7,7 +7,8 @@ the redundancy paper distils on the task's audio). Output folder (``out``)::
 
     config.yaml                  resolved settings
     analysis/  prune/            layer similarity and heatmaps; pruning curves and CoMFLP's pick
-    distill/<student>/           each distillation run (see distill.train)
+    distill/<student>/           each distillation run (see distill.train), all reading one teacher-target
+                                 cache (distill.cache, under cache.root) built once for every student
     students/<student>/          each exported student (a plain folder of the teacher's architecture
                                  where the student is one, else with its modelling code) + model card
     eval/<model>/                s3prl SUPERB KS runs, each with metrics.json
@@ -32,6 +33,7 @@ from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences
 from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
 
 from .bench import seconds_per_audio_second
+from .cache import CacheConfig
 from .config import save_config
 from .data import AudioDataset, collate_audio, list_audio
 from .export import export_student, load_student
@@ -42,7 +44,7 @@ from .prune_run import PruneConfig, run_prune
 from .redundancy import AnalyzeConfig, run_analysis
 from .report import render_report
 from .teacher import OFFLINE_DEFAULT, load_teacher
-from .train import DistillConfig, TrainConfig, distill
+from .train import DistillConfig, TrainConfig, cache_for_students, distill
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,13 @@ class BenchConfig:
     utterances: int = field(default=8, metadata={"help": "utterances in the timed batch"})
     rounds: int = field(default=5, metadata={"help": "timed rounds (median kept)"})
     threads: int = field(default=2, metadata={"help": "torch CPU threads while timing"})
+
+
+# The cached targets make a mimic student's step cheap (15-70 ms here): these students, the only ones
+# under a third of the teacher, are far from converged, so the saved time goes to them. Students
+# made of teacher layers pay their own forward and backward (about 0.15 s a step) and keep
+# train.max_steps. Measured in README "Results of the default run".
+DEFAULT_STUDENT_STEPS = {"mimic-mlp": 8000, "mimic-transformer": 6000}
 
 
 def _default_students() -> list[StudentSpec]:
@@ -77,7 +86,13 @@ class PipelineConfig:
     ks_corpus: SpeechCommandsConfig = field(default_factory=lambda: SpeechCommandsConfig(snr_db=5.0))
     students: list[StudentSpec] = field(default_factory=_default_students,
                                         metadata={"help": "students to distil and compare (YAML list of specs)"})
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=700, eval_every=175, save_every=350))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1200, eval_every=200, save_every=1000,
+                                                                   cache=True))
+    student_steps: dict = field(default_factory=lambda: dict(DEFAULT_STUDENT_STEPS), metadata={
+        "help": "distillation steps per student name, overriding train.max_steps (YAML mapping)"})
+    cache: CacheConfig = field(default_factory=CacheConfig, metadata={"help": "teacher-target cache (train.cache)"})
+    baseline_report: str = field(default="", metadata={
+        "help": "an earlier run's report.json: report.md compares validation loss and KS before / after"})
     analysis: AnalyzeConfig = field(default_factory=lambda: AnalyzeConfig(crop_seconds=1.0, max_utterances=1024),
                                     metadata={"help": "layer similarity on the KS train audio (teacher/data/out set here)"})
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(crop_seconds=1.0),
@@ -118,6 +133,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     names = [student_name(s) for s in cfg.students]
     if not names or len(set(names)) != len(names) or {"teacher", PRUNED} & set(names):
         raise ValueError(f"students need distinct names other than 'teacher' and {PRUNED!r}, got {names}")
+    for name, steps in cfg.student_steps.items():
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"student_steps[{name!r}] must be a positive number of steps, got {steps!r}")
+        if name not in names:
+            log.warning("student_steps names %r, which is not one of the students %s", name, names)
 
     # 1. corpora (cached by their settings)
     ks_data = cfg.ks_data
@@ -142,20 +162,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         specs[PRUNED] = pruning["search"]["pruned_path"]
     comflp_removed = pruning["search"]["best"]["removed"] if pruning else None
 
-    # 4. distil and export every student
+    # 4. the teacher's targets once for every student, then distil and export each
+    teacher = load_teacher(cfg.teacher)
+    resolved = [_resolve_spec(spec, targets, comflp_removed) for spec in cfg.students]
+    cache = None
+    if cfg.train.cache:
+        cache = cache_for_students(teacher, resolved, distill_data, cfg.train, cfg.cache)
     runs, students = {}, {}
-    for name, spec in zip(names, cfg.students):
-        spec = _resolve_spec(spec, targets, comflp_removed)
+    for name, spec in zip(names, resolved):
         run_dir = out / "distill" / name
+        train = replace(cfg.train, max_steps=int(cfg.student_steps.get(name, cfg.train.max_steps)))
         runs[name] = distill(DistillConfig(teacher=cfg.teacher, data=distill_data, out=str(run_dir),
-                                           student=spec, train=cfg.train))
+                                           student=spec, train=train, cache=cfg.cache))
         student = load_student(run_dir)
         export_student(student, out / "students" / name,
                        extra={"distillation steps": runs[name]["steps"],
                               "best validation loss": f"{runs[name]['best_valid_loss']:.4f}"})
         students[name] = student
         specs[name] = str(run_dir / "best")
-    teacher = load_teacher(cfg.teacher)
     models = {"teacher": teacher, **students}
     if pruning:
         models[PRUNED] = load_teacher(specs[PRUNED])
@@ -201,9 +225,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             exported = load_teacher(str(out / "students" / name)).info  # what a user of the export loads
             entries[name].update(model.report_fields(), describe=model.describe(),
                                  export=str(out / "students" / name), params_total_export=exported.params_total,
-                                 distill={k: runs[name][k] for k in ("steps", "best_valid_loss", "seconds",
-                                                                     "audio_seconds_seen", "files_used",
-                                                                     "files_skipped", "loss")})
+                                 distill={**{k: runs[name][k] for k in ("steps", "best_valid_loss", "seconds",
+                                                                        "seconds_per_step", "audio_seconds_seen",
+                                                                        "files_used", "files_skipped", "loss")},
+                                          "targets": runs[name]["targets"]["source"]})
         else:
             removed = pruning["search"]["best"]["removed"]
             entries[name].update(kind="pruned (no retraining)", removed_layers=removed,
@@ -232,12 +257,43 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "comflp": {k: pruning["search"][k] for k in ("n_remove", "best", "candidates", "seconds")},
             "curve_png": str(out / "prune" / "curve.png")},
         "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "chance_accuracy": 1 / 12},
+        "cache": None if cache is None else {
+            "folder": str(cache.folder), "reused": cache.reused, "build_seconds": cache.manifest["build_seconds"],
+            "segments": cache.manifest["segments"], "audio_seconds": cache.manifest["audio_seconds"],
+            "slots": cache.slots, "bytes": cache.manifest["bytes"], "files_skipped": len(cache.manifest["skipped"])},
         "timing_batch": {"utterances": len(batch["indices"]), "audio_seconds": float(batch["lengths"].sum()) / 16000,
                          "threads": cfg.bench.threads, "rounds": cfg.bench.rounds},
         "seconds": {"total": time.time() - t_start, **{f"distill_{k}": v["seconds"] for k, v in runs.items()},
                     **{f"eval_{k}": v["seconds"] for k, v in evals.items()},
                     **{f"layer_consistency_{k}": v["seconds"] for k, v in lc.items()}},
     }
+    if cfg.baseline_report:
+        report["baseline"] = compare_with_baseline(report, cfg.baseline_report)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
     return report
+
+
+def compare_with_baseline(report: dict, baseline_path: str) -> dict:
+    """Per model: distillation steps, best validation loss, KS accuracy and retention, before and after."""
+    import json
+
+    path = Path(baseline_path)
+    if not path.is_file():
+        raise ValueError(f"baseline_report {path} not found (an earlier run's report.json)")
+    before = json.loads(path.read_text())
+    rows = {}
+    for name, after in report["models"].items():
+        old = before["models"].get(name)
+        if old is None:
+            continue
+        rows[name] = {"before": _comparable(old), "after": _comparable(after)}
+    return {"report": str(path), "date": before.get("date"), "models": rows,
+            "seconds_total": {"before": before["seconds"]["total"], "after": report["seconds"]["total"]}}
+
+
+def _comparable(entry: dict) -> dict:
+    d = entry.get("distill") or {}
+    return {"steps": d.get("steps"), "best_valid_loss": d.get("best_valid_loss"),
+            "distill_seconds": d.get("seconds"), "ks_test_accuracy": entry["ks_test_accuracy"],
+            "retention_pct": entry.get("retention_pct")}

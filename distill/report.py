@@ -28,6 +28,25 @@ def _models_table(r: dict) -> list[str]:
     return lines
 
 
+def _baseline(base: dict | None) -> list[str]:
+    """Before / after an earlier run (``baseline_report``): what longer training did to each model."""
+    if not base:
+        return []
+
+    def pair(row, key, fmt):
+        a, b = row["before"][key], row["after"][key]
+        return " -> ".join("" if v is None else fmt(v) for v in (a, b))
+
+    lines = [f"### Against the earlier run `{base['report']}` ({base['date']})", "",
+             "| model | distillation steps | best valid loss | KS test acc. | retention |", "|---|---|---|---|---|"]
+    for name, row in base["models"].items():
+        lines.append(f"| {name} | {pair(row, 'steps', str)} | {pair(row, 'best_valid_loss', lambda v: f'{v:.4f}')} | "
+                     f"{pair(row, 'ks_test_accuracy', lambda v: f'{100 * v:.2f} %')} | "
+                     f"{pair(row, 'retention_pct', lambda v: f'{v:.1f} %')} |")
+    t = base["seconds_total"]
+    return lines + ["", f"Wall time {t['before'] / 60:.1f} -> {t['after'] / 60:.1f} min.", ""]
+
+
 def _layer_consistency(name: str, lc: dict) -> list[str]:
     c = lc["claims"]
     lines = [f"### Layer consistency: `{name}` at every depth", "",
@@ -70,6 +89,12 @@ def render_report(r: dict) -> str:
         f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
         f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
         f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
+    c = r.get("cache")
+    if c:
+        lines += [f"Teacher targets: computed once for every student into `{c['folder']}` ({c['segments']:,} segments, "
+                  f"{c['audio_seconds'] / 60:.1f} min of audio, slots {c['slots']}, {c['bytes'] / 1e6:.0f} MB float16; "
+                  + ("found complete, reused" if c["reused"] else f"built in {c['build_seconds']:.0f} s") + ").", ""]
+    lines += _baseline(r.get("baseline"))
     b = r.get("best_under_a_third")
     if b:
         lines += [f"Best student with at most a third of the teacher's parameters: `{b['name']}` "

@@ -23,6 +23,7 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "prune.similarity.knn_k": 3, "prune.probe.epochs": 5, "prune.comflp.top_k": 2,
         "layer_consistency.probe.epochs": 5, "layer_consistency.timing_steps": 2,
         "layer_consistency.timing_crop_seconds": 1.0, "layer_consistency.timing_batch_seconds": 4.0,
+        "cache.root": str(tmp_path / "cache"), "student_steps": {"mimic-mlp": 6},
     })
     report = run_pipeline(cfg)
     run = tmp_path / "run"
@@ -62,6 +63,20 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     for png in ("prune/curve.png", "analysis/heatmap_linear_cka.png", "pareto.png",
                 "layer_consistency/shared/depth_curve.png"):
         assert (run / png).is_file(), png
+    # one teacher-target cache, built once, read by every student: the union of their layers
+    assert saved["cache"]["slots"] == ["features", 1, 2, 3] and not saved["cache"]["reused"]
+    assert len(list((tmp_path / "cache").glob("*/*/manifest.json"))) == 1
+    assert all(saved["models"][n]["distill"]["targets"] == "cache" for n in students)
+    assert [saved["models"][n]["distill"]["steps"] for n in students] == [6, 4, 4, 4, 4]  # student_steps
+    # before / after an earlier run (here: the same run)
+    from distill.pipeline import compare_with_baseline
+    from distill.report import render_report
+
+    base = compare_with_baseline(saved, str(run / "report.json"))
+    row = base["models"]["mimic-mlp"]
+    assert row["before"] == row["after"] and row["after"]["best_valid_loss"] == saved["models"]["mimic-mlp"][
+        "distill"]["best_valid_loss"]
+    assert "Against the earlier run" in render_report({**saved, "baseline": base})
     md = (run / "report.md").read_text()
     assert "mimic-transformer" in md and "KS test acc" in md and "Layer consistency" in md
     assert saved["models"]["shared"]["describe"] in md
