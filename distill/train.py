@@ -406,7 +406,7 @@ def distill(cfg: DistillConfig) -> dict:
                     run.export("best", state.step)
                 acc.wait_for_everyone()
             if state.step % t.save_every == 0 or state.step == t.max_steps:
-                state.audio_seconds = audio_before + _sum_over_ranks(acc, audio_here)
+                _gather_totals(acc, state, audio_before, audio_here)
                 path = run.checkpoints.save(state)
                 run.log_event(state.step, {"event": "checkpoint", "path": str(path.relative_to(run.out))})
                 run.export("last", state.step)
@@ -417,21 +417,17 @@ def distill(cfg: DistillConfig) -> dict:
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
-    state.audio_seconds = audio_before + _sum_over_ranks(acc, audio_here)
+    _gather_totals(acc, state, audio_before, audio_here)
     return _finish(run, state, start_step, time.time() - t0, seen)
 
 
 def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int]) -> dict:
-    """Rank reports, every rank's skipped files, the summary and the loss plot; then release DDP."""
-    from accelerate.utils import gather_object
-
+    """Rank reports, the summary and the loss plot; then release DDP."""
     acc = run.acc
     rank = acc.process_index
     write_json_atomic(run.out / "ranks" / f"rank_{rank}.json",
                       {"rank": rank, "num_processes": acc.num_processes, "steps": state.step - start_step,
                        "source": run.source.kind, "indices": seen})
-    for rank_skips in gather_object([state.skipped]):  # files skipped on every rank
-        state.skipped.update(rank_skips)
     skipped_listed = len(set(state.skipped) - set(run.scan_skipped))  # listed, then found bad when read
     summary = {
         "steps": state.step, "resumed_from_step": start_step, "seconds": elapsed,
@@ -456,6 +452,15 @@ def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen
     acc.wait_for_everyone()
     acc.end_training()
     return summary
+
+
+def _gather_totals(acc, state: TrainerState, audio_before: float, audio_here: float) -> None:
+    """Every process's audio seen and files skipped into ``state`` (what a checkpoint and the summary hold)."""
+    from accelerate.utils import gather_object
+
+    state.audio_seconds = audio_before + _sum_over_ranks(acc, audio_here)
+    for rank_skips in gather_object([state.skipped]):
+        state.skipped.update(rank_skips)
 
 
 def _sum_over_ranks(acc, value: float) -> float:
