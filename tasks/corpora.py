@@ -94,14 +94,20 @@ def random_sentence(rng: random.Random, min_words: int, max_words: int) -> str:
     return " ".join(words[:max_words])
 
 
+def _content_settings(config: dict) -> dict:
+    """The settings that decide a corpus's audio: not where it is written, nor by how many workers."""
+    return {k: v for k, v in config.items() if k not in ("out", "workers")}
+
+
 def _cached(out: Path, cfg) -> bool:
     meta = out / "corpus.json"
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("config") == to_dict(cfg)
+        saved = json.loads(meta.read_text()).get("config") or {}
     except json.JSONDecodeError:
         return False
+    return _content_settings(saved) == _content_settings(to_dict(cfg))
 
 
 def _render(job: tuple) -> str:

@@ -53,6 +53,9 @@ def test_cached_and_deterministic(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in first]
     build(tmp_path / "a")  # cached: nothing rewritten
     assert [p.stat().st_mtime_ns for p in first] == mtimes
+    (tmp_path / "x").mkdir()
+    build(tmp_path / "x" / ".." / "a")  # the same folder spelled otherwise: still cached
+    assert [p.stat().st_mtime_ns for p in first] == mtimes
     b = build(tmp_path / "b")
     for p in first:
         assert (b / p.name).read_bytes() == p.read_bytes()
