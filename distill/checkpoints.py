@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,19 +31,18 @@ class TrainerState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_valid: float = math.inf
+    best_valid: float | None = None  # the best validation score so far (None: not validated yet)
     audio_seconds: float = 0.0
     skipped: dict[str, str] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        write_json_atomic(path, {**asdict(self), "best_valid": None if math.isinf(self.best_valid) else self.best_valid})
+        write_json_atomic(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> "TrainerState":
         data = json.loads(Path(path).read_text())
-        best = data.get("best_valid")
         return cls(step=data["step"], epoch=data["epoch"], batch_in_epoch=data["batch_in_epoch"],
-                   best_valid=math.inf if best is None else best, audio_seconds=data["audio_seconds"],
+                   best_valid=data.get("best_valid"), audio_seconds=data["audio_seconds"],
                    skipped=dict(data.get("skipped", {})))
 
 

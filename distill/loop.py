@@ -1,0 +1,356 @@
+"""The one Accelerate training loop: distillation, fine-tuning and adaptation all run through it.
+
+:func:`train_loop` reads top to bottom: resume or start afresh, then the steps (forward and
+backward of each batch, gradient accumulation, clipping, optimizer, schedule), log rows averaged
+over every process, validation and the best model, checkpoints, until ``train.max_steps``; then
+the summary. *What* is trained and how it is scored belongs to an :class:`Objective`
+(distillation in :mod:`distill.train`, classification in :mod:`distill.finetune`); where the
+batches come from belongs to a source (:mod:`distill.batches`).
+
+``accelerate launch`` runs the same code on many processes: batches are sharded by the batch
+sampler (equal counts on every rank, and one optimizer step covers the same batches for any
+split between processes and ``train.grad_accum``), frozen modules stay outside ``prepare``
+(DDP would reject a module without trainable parameters), and only the trainable part is
+wrapped. Logged losses are averaged over every process; files are written by the main process
+only. ``train.resume true`` restores model, optimizer, scheduler, RNG and the position in the
+epoch from the newest complete checkpoint, also after a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import torch
+from tqdm import tqdm
+
+from .checkpoints import CheckpointManager, TrainerState
+from .config import to_dict
+from .fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from .plots import curves
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = field(default=300, metadata={"help": "optimizer updates"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = 0.01
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up, then cosine decay to 0"})
+    batch_seconds: float = field(default=20.0, metadata={"help": "max padded audio per batch and process"})
+    max_batch_size: int = field(default=64, metadata={"help": "max utterances per batch"})
+    crop_seconds: float = field(default=4.0, metadata={"help": "training crops (random online, fixed segments cached)"})
+    min_seconds: float = field(default=0.1, metadata={"help": "shorter files are skipped"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
+    teacher_dtype: Literal["float32", "bfloat16"] = field(
+        default="float32", metadata={"help": "teacher forward dtype: float32 or bfloat16"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    loss: Literal["auto", "mse", "l1_cos"] = field(
+        default="auto", metadata={"help": "distillation: auto (the student kind's own), mse, or l1_cos (DistilHuBERT)"})
+    valid_fraction: float = field(default=0.05, metadata={"help": "share of utterances held out"})
+    max_valid: int = field(default=64, metadata={"help": "cap on held-out utterances"})
+    eval_every: int = field(default=100, metadata={"help": "validate every N steps"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers"})
+    cache: bool = field(default=False, metadata={"help": "read teacher targets from the cache (built once if missing)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in out/"})
+
+
+class Objective(Protocol):
+    """What a run optimises and how it is scored; the loop is the same for every objective.
+
+    ``score`` names the validation figure that picks ``best/`` (``valid_loss``,
+    ``valid_accuracy``); ``loss`` is one batch's forward (the loop does the backward);
+    ``validate`` runs on every process (its sums are reduced over them); ``save`` writes the
+    trained model into a folder (main process); ``summary`` adds its own figures.
+    """
+
+    score: str
+    higher_is_better: bool
+
+    def loss(self, batch, step: int, model) -> tuple[torch.Tensor, dict]: ...
+
+    def validate(self, model) -> dict[str, float]: ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def summary(self) -> dict: ...
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, assembled by a command's set-up."""
+
+    acc: object
+    out: Path
+    train: TrainConfig
+    model: torch.nn.Module  # the prepared trainable part
+    optimizer: object
+    scheduler: object
+    source: object  # distill.batches: train_batches / valid_batches / batches_per_epoch / kind
+    objective: Objective
+    checkpoints: CheckpointManager
+    config: object  # the command's resolved config (TensorBoard hyper-parameters)
+    files_listed: int = 0
+    scan_skipped: dict[str, str] = field(default_factory=dict)  # headers unreadable: never listed
+    build_skipped: dict[str, str] = field(default_factory=dict)  # listed, found bad by the cache build
+    cache_summary: dict | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    def log_event(self, step: int, row: dict) -> None:
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+
+    def export(self, name: str, step: int) -> None:
+        if self.main:
+            with atomic_dir(self.out / name) as tmp:
+                self.objective.save(tmp)
+            self.log_event(step, {"event": "export", "path": name})
+
+
+def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = False):
+    """The run's Accelerator (TensorBoard under ``out/tb``), seeded; makes ``out`` on the main process."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+
+    if t.grad_accum < 1:
+        raise ValueError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
+    acc = Accelerator(mixed_precision=t.mixed_precision, log_with="tensorboard",
+                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tb")),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
+    set_seed(t.seed)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    return acc
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
+    """``(model, optimizer, scheduler)``: AdamW over the trainable parameters, warm-up + cosine."""
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
+    model, optimizer = acc.prepare(trainable, optimizer)
+    # stepped once per update on every rank (a prepared scheduler would step num_processes times)
+    acc.register_for_checkpointing(scheduler)
+    return model, optimizer, scheduler
+
+
+class _LossWindow:
+    """Losses of the steps since the last log line; :meth:`flush` averages them over every process."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, loss: float, logs: dict) -> None:
+        for k, v in {"train_loss": loss, **logs}.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def flush(self, acc) -> dict:
+        from accelerate.utils import gather_object
+
+        sums, counts = {}, {}
+        for part_sums, part_counts in gather_object([(self.sums, self.counts)]):
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + part_counts[k]
+        self.sums, self.counts = {}, {}
+        return {k: sums[k] / counts[k] for k in sums}
+
+
+def _better(run: Run, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value > best if run.objective.higher_is_better else value < best
+
+
+def train_loop(run: Run) -> dict:
+    """Train until ``train.max_steps`` (resuming if asked); writes and returns the summary."""
+    t, acc = run.train, run.acc
+    state = run.checkpoints.resume() if t.resume else None
+    if state is None:
+        if t.resume:
+            log.warning("resume requested but %s holds no complete checkpoint: starting fresh", run.checkpoints.root)
+        else:
+            run.checkpoints.clear()
+        if run.main:
+            (run.out / "metrics.jsonl").unlink(missing_ok=True)
+        state = TrainerState()
+    else:
+        _drop_rows_after(run.out / "metrics.jsonl", state.step, run.main)
+        if run.main:
+            log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
+        run.log_event(state.step, {"event": "resume", "from": str(run.checkpoints.newest())})
+    state.skipped = {**run.scan_skipped, **run.build_skipped, **state.skipped}
+    if run.source.batches_per_epoch() == 0:
+        raise ValueError("no training audio left (every file skipped?)")
+    acc.init_trackers("train", config={k: v for k, v in _flat(to_dict(run.config)).items()
+                                       if isinstance(v, (int, float, str, bool))})
+
+    start_step, t0 = state.step, time.time()
+    audio_before, audio_here = state.audio_seconds, 0.0  # all processes' until the checkpoint; this one's since
+    seen: list[int] = []
+    window = _LossWindow()
+    bar = tqdm(total=t.max_steps, initial=state.step, desc=run.out.name, disable=not acc.is_local_main_process)
+    run.model.train()
+    while state.step < t.max_steps:
+        for batch in run.source.train_batches(state.epoch, state.batch_in_epoch):
+            state.batch_in_epoch += 1
+            for s in batch.skipped:
+                if s.path not in state.skipped:
+                    log.warning("skipping %s: %s", s.path, s.reason)
+                state.skipped[s.path] = s.reason
+            seen += batch.indices
+            audio_here += batch.audio_seconds
+            last_of_step = state.batch_in_epoch % t.grad_accum == 0
+            with contextlib.nullcontext() if last_of_step else acc.no_sync(run.model):
+                with acc.autocast():
+                    loss, logs = run.objective.loss(batch, state.step, run.model)
+                acc.backward(loss / t.grad_accum)
+            window.add(float(loss.detach()), logs)
+            if not last_of_step:
+                continue
+            if t.grad_clip > 0:
+                acc.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+            run.scheduler.step()
+            state.step += 1
+            bar.update(1)
+
+            if state.step % t.log_every == 0 or state.step == t.max_steps:
+                row = {**window.flush(acc), "lr": run.scheduler.get_last_lr()[0], "epoch": state.epoch,
+                       "elapsed": time.time() - t0, "audio_seconds": audio_before + _sum_over_ranks(acc, audio_here)}
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+                acc.log(row, step=state.step)
+                run.log_event(state.step, row)
+            if state.step % t.eval_every == 0 or state.step == t.max_steps:
+                metrics = _validate(run)
+                acc.log(metrics, step=state.step)
+                run.log_event(state.step, metrics)
+                if _better(run, metrics[run.objective.score], state.best_valid):
+                    state.best_valid = metrics[run.objective.score]
+                    run.export("best", state.step)
+                acc.wait_for_everyone()
+            if state.step % t.save_every == 0 or state.step == t.max_steps:
+                _gather_totals(acc, state, audio_before, audio_here)
+                path = run.checkpoints.save(state)
+                run.log_event(state.step, {"event": "checkpoint", "path": str(path.relative_to(run.out))})
+                run.export("last", state.step)
+                acc.wait_for_everyone()
+            if state.step >= t.max_steps:
+                break
+        else:  # the epoch ran out
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    bar.close()
+    _gather_totals(acc, state, audio_before, audio_here)
+    return _finish(run, state, start_step, time.time() - t0, seen)
+
+
+def _validate(run: Run) -> dict:
+    model = run.acc.unwrap_model(run.model)  # no DDP collectives: ranks may hold unequal shares
+    model.eval()
+    try:
+        return run.objective.validate(model)
+    finally:
+        model.train()
+
+
+def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int]) -> dict:
+    """Rank reports, the summary and the loss plot; then release DDP."""
+    acc = run.acc
+    rank = acc.process_index
+    write_json_atomic(run.out / "ranks" / f"rank_{rank}.json",
+                      {"rank": rank, "num_processes": acc.num_processes, "steps": state.step - start_step,
+                       "source": run.source.kind, "indices": seen})
+    skipped_listed = len(set(state.skipped) - set(run.scan_skipped))  # listed, then found bad when read
+    summary = {
+        "steps": state.step, "resumed_from_step": start_step, "seconds": elapsed,
+        "seconds_per_step": elapsed / max(1, state.step - start_step),
+        f"best_{run.objective.score}": state.best_valid, "audio_seconds_seen": state.audio_seconds,
+        "files_listed": run.files_listed, "files_used": run.files_listed - skipped_listed,
+        "files_skipped": len(state.skipped), "skipped": state.skipped,
+        "num_processes": acc.num_processes, "grad_accum": run.train.grad_accum,
+        "targets": {"source": run.source.kind, "cache": run.cache_summary},
+        **run.objective.summary(),
+    }
+    if run.main:
+        write_json_atomic(run.out / "summary.json", summary)
+        _plot_losses(run.out / "metrics.jsonl", run.out / "loss.png")
+    # release the DDP wrapper on every rank *before* end_training destroys the process group: a
+    # reducer freed after that tears gloo down while the other rank may have exited, and hangs
+    acc.wait_for_everyone()
+    run.model = run.optimizer = None
+    acc.free_memory()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return summary
+
+
+def _gather_totals(acc, state: TrainerState, audio_before: float, audio_here: float) -> None:
+    """Every process's audio seen and files skipped into ``state`` (what a checkpoint and the summary hold)."""
+    from accelerate.utils import gather_object
+
+    state.audio_seconds = audio_before + _sum_over_ranks(acc, audio_here)
+    for rank_skips in gather_object([state.skipped]):
+        state.skipped.update(rank_skips)
+
+
+def _sum_over_ranks(acc, value: float) -> float:
+    return float(acc.reduce(torch.tensor([value], dtype=torch.float64, device=acc.device), reduction="sum")[0])
+
+
+def _drop_rows_after(metrics: Path, step: int, main: bool) -> None:
+    """Forget what a killed run logged after its last checkpoint: the resumed run logs it again."""
+    if main and metrics.is_file():
+        rows = [line for line in metrics.read_text().splitlines() if line.strip()]
+        keep = [line for line in rows if json.loads(line)["step"] <= step]
+        write_text_atomic(metrics, "".join(line + "\n" for line in keep))
+
+
+def _plot_losses(metrics_path: Path, out_png: Path) -> None:
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    series = {}
+    for key, label in (("train_loss", "train"), ("valid_loss", "validation")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            series[label] = tuple(map(list, zip(*points)))
+    curves(series, out_png, "step", "loss", out_png.parent.name, logy=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
