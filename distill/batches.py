@@ -35,7 +35,8 @@ class Batch:
 
     ``inputs``: features ``(batch, frames, dim)`` or waveforms ``(batch, samples)``;
     ``input_lengths``: their valid lengths ``(batch,)``; ``frame_lengths (batch,)``: valid frames of
-    the targets; ``empty``: every file of the batch was bad (a silent stand-in keeps processes in step).
+    the targets; ``empty``: every file of the batch was bad (a silent stand-in keeps processes in step);
+    ``labels``: each utterance's label when the corpus has them.
     """
 
     inputs: torch.Tensor
@@ -46,6 +47,7 @@ class Batch:
     indices: list[int]
     skipped: list[SkipRecord] = field(default_factory=list)
     empty: bool = False
+    labels: list[str | None] | None = None  # the items' labels (a labelled corpus), else None
 
 
 @dataclass
@@ -100,13 +102,15 @@ class _Source:
 
 
 class OnlineSource(_Source):
-    """Audio batches whose targets the teacher computes as they come."""
+    """Audio batches whose targets the teacher computes as they come (``targets=False``: its frontend output only)."""
 
     kind = "online"
 
     def __init__(self, teacher, train_items: list[AudioItem], valid_items: list[AudioItem], plan: BatchPlan,
-                 crop_samples: int, min_samples: int, share_frontend: bool, device, num_workers: int = 0):
+                 crop_samples: int, min_samples: int, share_frontend: bool, device, num_workers: int = 0,
+                 targets: bool = True):
         self.teacher, self.share_frontend, self.device, self.num_workers = teacher, share_frontend, device, num_workers
+        self.targets = targets  # False: the frontend output alone (classification), no teacher states
         self.train_ds = AudioDataset(train_items, crop_samples, min_samples, True, plan.seed)
         self.valid_ds = AudioDataset(valid_items, crop_samples, min_samples, False, plan.seed)
         self.sampler = plan.train_sampler([self.train_ds.cropped_length(i) for i in range(len(self.train_ds))])
@@ -118,22 +122,30 @@ class OnlineSource(_Source):
         if empty:  # every file of the batch was bad: a silent stand-in so every process steps alike
             wav, lengths = torch.zeros(1, SAMPLE_RATE), torch.tensor([SAMPLE_RATE])
         wav, lengths = wav.to(self.device), lengths.to(self.device)
-        feats, states, frame_lengths = self.teacher.features_and_states(wav, lengths)
-        targets = TeacherTargets(states, frame_lengths, self.teacher.final_norm)
+        if self.targets:
+            feats, states, frame_lengths = self.teacher.features_and_states(wav, lengths)
+            targets = TeacherTargets(states, frame_lengths, self.teacher.final_norm)
+        else:
+            with torch.no_grad():
+                feats, frame_lengths = self.teacher.frontend(wav, lengths)
+            targets = TeacherTargets({}, frame_lengths, num_layers=self.teacher.num_layers)
         inputs, input_lengths = (feats, frame_lengths) if self.share_frontend else (wav, lengths)
         seconds = 0.0 if empty else float(lengths.sum()) / SAMPLE_RATE
-        return Batch(inputs, input_lengths, targets, frame_lengths, seconds, raw["indices"], raw["skipped"], empty)
+        return Batch(inputs, input_lengths, targets, frame_lengths, seconds, raw["indices"], raw["skipped"], empty,
+                     _labels(raw["labels"]))
 
 
 class CachedSegments(Dataset):
-    """Segments of a :class:`~distill.cache.TargetCache` as ``{"index", "targets" (frames, slots, dim) f16}``.
+    """Segments of a :class:`~distill.cache.TargetCache` as ``{"index", "targets" (frames, slots, dim) f16, "label"}``.
 
     ``slots``: the cached slots to read (the frontend output and the layers a student needs);
-    with ``items`` the segment's waveform is read too (a student that trains its frontend).
+    ``items``: the data list the cache was built on; with ``read_audio`` the segment's waveform
+    is read too (a student that trains its frontend).
     """
 
-    def __init__(self, cache: TargetCache, segments: list[int], slots: list, items: list[AudioItem] | None = None):
-        self.cache, self.segments, self.items = cache, list(segments), items
+    def __init__(self, cache: TargetCache, segments: list[int], slots: list, items: list[AudioItem],
+                 read_audio: bool = False):
+        self.cache, self.segments, self.items, self.read_audio = cache, list(segments), items, read_audio
         self.slot_ids = [cache.slot(s) for s in slots]
         self.all_slots = self.slot_ids == list(range(len(cache.slots)))
 
@@ -146,9 +158,10 @@ class CachedSegments(Dataset):
     def __getitem__(self, j: int) -> dict:
         i = self.segments[j]
         view = self.cache.read(i)
-        out = {"index": i, "targets": torch.from_numpy(np.array(view) if self.all_slots else view[:, self.slot_ids])}
-        if self.items is not None:
-            item_id, start, samples = (int(x) for x in self.cache.index[i, :3])
+        item_id, start, samples = (int(x) for x in self.cache.index[i, :3])
+        out = {"index": i, "targets": torch.from_numpy(np.array(view) if self.all_slots else view[:, self.slot_ids]),
+               "label": self.items[item_id].label}
+        if self.read_audio:
             try:
                 out["wav"] = load_segments(self.items[item_id], [(start, samples)])[0]
             except AudioError as err:  # the file changed since the cache was built
@@ -163,7 +176,8 @@ def collate_cached(examples: list[dict]) -> dict:
     padded = first.new_zeros((len(examples), int(frames.max())) + tuple(first.shape[1:]))
     for j, e in enumerate(examples):
         padded[j, : e["targets"].shape[0]] = e["targets"]
-    out = {"targets": padded, "frame_lengths": frames, "indices": [e["index"] for e in examples]}
+    out = {"targets": padded, "frame_lengths": frames, "indices": [e["index"] for e in examples],
+           "labels": [e["label"] for e in examples]}
     if "wav" in examples[0]:
         out["wav"], out["lengths"] = pad_waveforms([e["wav"] for e in examples])
     return out
@@ -181,13 +195,12 @@ class CachedSource(_Source):
         self.final_norm, self.num_layers = teacher.final_norm, teacher.num_layers
         self.layers = sorted(set(layers))
         self.slots = ([FEATURES] if share_frontend else []) + self.layers
-        audio = None if share_frontend else items
         train = set(train_ids)
         train_segments = [i for i, item in enumerate(cache.index[:, 0].tolist()) if item in train]
         first = cache.first_segments()
         valid_segments = [first[i] for i in sorted(valid_ids) if i in first]
-        self.train_ds = CachedSegments(cache, train_segments, self.slots, audio)
-        self.valid_ds = CachedSegments(cache, valid_segments, self.slots, audio)
+        self.train_ds = CachedSegments(cache, train_segments, self.slots, items, read_audio=not share_frontend)
+        self.valid_ds = CachedSegments(cache, valid_segments, self.slots, items, read_audio=not share_frontend)
         self.sampler = plan.train_sampler([self.train_ds.samples(j) for j in range(len(self.train_ds))])
         self.valid_sampler = plan.valid_sampler([self.valid_ds.samples(j) for j in range(len(self.valid_ds))])
         self.collate = collate_cached
@@ -203,4 +216,9 @@ class CachedSource(_Source):
         else:
             inputs, input_lengths = raw["wav"].to(self.device), raw["lengths"].to(self.device)
         seconds = float(sum(self.cache.index[i, 2] for i in raw["indices"])) / SAMPLE_RATE
-        return Batch(inputs, input_lengths, targets, frame_lengths, seconds, raw["indices"])
+        return Batch(inputs, input_lengths, targets, frame_lengths, seconds, raw["indices"],
+                     labels=_labels(raw["labels"]))
+
+
+def _labels(labels: list) -> list | None:
+    return labels if any(label is not None for label in labels) else None

@@ -93,7 +93,9 @@ class CacheSpec:
         return ([FEATURES] if self.features else []) + sorted(set(self.layers))
 
     def variant(self) -> str:
-        return "layers_" + "-".join(map(str, sorted(set(self.layers)))) + ("+features" if self.features else "")
+        parts = (["layers_" + "-".join(map(str, sorted(set(self.layers))))] if self.layers else []) + \
+            (["features"] if self.features else [])
+        return "+".join(parts)
 
     def served_by(self, manifest: dict) -> bool:
         """Whether a complete cache described by ``manifest`` holds everything this spec asks for."""
@@ -121,11 +123,12 @@ def teacher_fingerprint(teacher) -> str:
 
 
 def data_fingerprint(items: list[AudioItem]) -> str:
-    """SHA-256 over every file of the data list: path, size, modification time, length."""
+    """SHA-256 over every utterance of the data list: path, size, modification time, window."""
     h = hashlib.sha256()
     for item in items:
         st = os.stat(item.path)
-        h.update(f"{os.path.abspath(item.path)}|{st.st_size}|{st.st_mtime_ns}|{item.num_samples}\n".encode())
+        h.update(f"{os.path.abspath(item.path)}|{st.st_size}|{st.st_mtime_ns}|{item.offset}|{item.num_samples}\n"
+                 .encode())
     return h.hexdigest()
 
 
@@ -311,8 +314,12 @@ def _build_shard(teacher, items: list[AudioItem], first: int, spec: CacheSpec, w
         wav = torch.zeros(len(wavs), int(lengths.max()))
         for j, w in enumerate(wavs):
             wav[j, : w.numel()] = w
-        feats, states, frame_lengths = teacher.features_and_states(wav.to(device), lengths.to(device))
-        chosen = [feats if s == FEATURES else states[s] for s in slots]
+        if spec.layers:
+            feats, states, frame_lengths = teacher.features_and_states(wav.to(device), lengths.to(device))
+        else:  # the frontend output alone (classification over a frozen frontend): the stack need not run
+            feats, frame_lengths = teacher.frontend(wav.to(device), lengths.to(device))
+            states = []
+        chosen = [feats.float() if s == FEATURES else states[s] for s in slots]
         stacked = torch.stack(chosen, dim=2).cpu()  # (batch, frames, slots, dim)
         half = stacked.to(torch.float16)
         if not torch.isfinite(half).all():

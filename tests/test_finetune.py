@@ -1,0 +1,143 @@
+"""Fine-tuning with a classification head: labelled corpora, the loop, folders transformers loads alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from distill.finetune import FinetuneConfig, classifier_accuracy, finetune
+from distill.loop import TrainConfig
+from distill.stats import accuracy_record, wilson
+from distill.teacher import load_teacher
+from tasks.labelled import load_labelled
+
+from .conftest import save_tiny_model
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = wilson(87, 100)  # by hand: centre 0.8563, half-width 0.0661
+    assert low == pytest.approx(0.7902, abs=1e-4) and high == pytest.approx(0.9224, abs=1e-4)
+    low, high = wilson(172, 198)  # the README's teacher: 86.87 % [81.5, 90.9]
+    assert (round(100 * low, 1), round(100 * high, 1)) == (81.5, 90.9)
+    assert wilson(0, 20)[0] == 0.0 and 0.15 < wilson(0, 20)[1] < 0.17
+    r = accuracy_record(554, 1108)
+    assert r["accuracy"] == 0.5 and r["n"] == 1108 and r["ci95"][1] - 0.5 < 0.03  # +-3 points at n = 1108
+
+
+def test_speech_commands_reader_follows_s3prl_split(ks_corpus):
+    from s3prl.dataio.corpus.speech_commands import SpeechCommandsV1
+
+    corpus = load_labelled("ks", str(ks_corpus))
+    ref_train, ref_valid = SpeechCommandsV1.split_dataset(ks_corpus / "train")
+    words = lambda items: sorted(Path(i.path).name + Path(i.path).parent.name for i in items  # noqa: E731
+                                 if i.label != "_silence_")
+    assert words(corpus.train) == sorted(Path(p).name + Path(p).parent.name for _, p in ref_train)
+    assert words(corpus.valid) == sorted(Path(p).name + Path(p).parent.name for _, p in ref_valid)
+    assert corpus.labels[-2:] == ["_unknown_", "_silence_"] and len(corpus.labels) == 12
+    silence = [i for i in corpus.train if i.label == "_silence_"]
+    assert silence and all(i.num_samples <= 16000 for i in silence) and len({i.offset for i in silence}) > 1
+    assert {i.label for i in corpus.test} == set(corpus.labels)  # the test root holds every class
+    assert all(i.label == "_unknown_" for i in corpus.train if Path(i.path).parent.name == "bed")
+
+
+def _tone_folder(root: Path, labels=("low", "high"), per_label=12) -> Path:
+    rng = np.random.default_rng(0)
+    for k, label in enumerate(labels):
+        for n in range(per_label):
+            t = np.arange(8000) / 16000
+            wav = 0.3 * np.sin(2 * np.pi * (200 + 1800 * k) * t) + 0.02 * rng.standard_normal(8000)
+            (root / label).mkdir(parents=True, exist_ok=True)
+            sf.write(root / label / f"{n:03d}.wav", wav.astype(np.float32), 16000)
+    return root
+
+
+def test_label_folder_and_voxceleb_readers(tmp_path):
+    corpus = load_labelled("folders", str(_tone_folder(tmp_path / "tones")), valid_fraction=0.2, test_fraction=0.2)
+    assert corpus.labels == ["high", "low"] and len(corpus.train) + len(corpus.valid) + len(corpus.test) == 24
+    vox = tmp_path / "vox"
+    lines = []
+    for spk in ("id10001", "id10002"):
+        for video, part in (("v1", "1"), ("v2", "2"), ("v3", "3")):
+            path = vox / ("dev" if part != "3" else "test") / "wav" / spk / video / "00001.wav"
+            path.parent.mkdir(parents=True)
+            sf.write(path, np.zeros(8000, np.float32) + 0.01, 16000)
+            lines.append(f"{part} {spk}/{video}/00001.wav")
+    lines.append("1 id10003/v9/00001.wav")  # listed, missing: skipped and counted
+    (vox / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    sid = load_labelled("sid", str(vox))
+    assert sid.labels == ["id10001", "id10002"] and [len(sid.train), len(sid.valid), len(sid.test)] == [2, 2, 2]
+    assert len(sid.skipped) == 1 and "missing" in sid.skipped[0].reason
+    with pytest.raises(ValueError, match="iden_split.txt"):
+        load_labelled("sid", str(tmp_path / "tones"))
+
+
+def _cfg(model: str, data: Path, out: Path, task: str = "folders", **train) -> FinetuneConfig:
+    t = dict(max_steps=40, lr=3e-3, warmup_steps=2, batch_seconds=4.0, eval_every=10, save_every=20, log_every=5)
+    t.update(train)
+    return FinetuneConfig(model=model, task=task, data=str(data), out=str(out), valid_fraction=0.25,
+                          test_fraction=0.25, train=TrainConfig(**t))
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+LOAD_WITH_TRANSFORMERS_ALONE = """
+import json, sys
+import torch
+from transformers import AutoModelForAudioClassification
+model = AutoModelForAudioClassification.from_pretrained(sys.argv[1]).eval()
+assert not [m for m in sys.modules if m.split(".")[0] in ("distill", "students", "tasks")]
+wav = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    logits = model(wav).logits
+print(json.dumps({"logits": logits[0].tolist(), "labels": [model.config.id2label[i] for i in range(2)],
+                  "class": type(model).__name__}))
+"""
+
+
+@pytest.mark.slow
+def test_finetuning_a_hubert_teacher_lowers_the_loss_and_saves_a_plain_classification_folder(tmp_path):
+    data = _tone_folder(tmp_path / "tones")
+    teacher = save_tiny_model("hubert", tmp_path / "hubert")
+    summary = finetune(_cfg(str(teacher), data, tmp_path / "run"))
+    rows = _rows(tmp_path / "run")
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert losses[-1] < 0.5 * losses[0] and summary["best_valid_accuracy"] >= 0.9
+    assert summary["test"]["n"] == 6 and summary["test"]["ci95"][0] <= summary["test"]["accuracy"]
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "config.json").read_text())["architectures"] == ["HubertForSequenceClassification"]
+    # transformers alone (a clean process) loads it and gives our logits
+    wav = 0.3 * torch.sin(2 * torch.pi * 2000 * torch.arange(8000) / 16000)[None]
+    torch.save(wav, tmp_path / "wav.pt")
+    proc = subprocess.run([sys.executable, "-c", LOAD_WITH_TRANSFORMERS_ALONE, str(best), str(tmp_path / "wav.pt")],
+                          capture_output=True, text=True, check=True)
+    theirs = json.loads(proc.stdout)
+    ours = load_teacher(str(best))  # a teacher again: its encoder, with the head and labels riding along
+    assert ours.labels == theirs["labels"] == ["high", "low"] and ours.num_layers == 3
+    states, fl = ours(wav)
+    torch.testing.assert_close(ours.head(states[-1], fl)[0], torch.tensor(theirs["logits"]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_finetuning_the_whisper_teacher_on_keyword_spotting(tiny_whisper_dir, ks_corpus, tmp_path):
+    from transformers import WhisperForAudioClassification
+
+    summary = finetune(_cfg(str(tiny_whisper_dir), ks_corpus, tmp_path / "run", task="ks", max_steps=30, cache=True,
+                            eval_every=15))
+    assert summary["targets"]["source"] == "cache" and summary["targets"]["cache"]["slots"] == ["features"]
+    rows = _rows(tmp_path / "run")
+    assert [r for r in rows if "valid_accuracy" in r]
+    model = WhisperForAudioClassification.from_pretrained(tmp_path / "run" / "best")
+    assert model.config.num_labels == 12 and model.config.id2label[11] == "_silence_"
+    ours = load_teacher(str(tmp_path / "run" / "best"))
+    torch.testing.assert_close(model.encoder.layers[0].fc1.weight, ours.stack.layers[0].fc1.weight)
+    again = classifier_accuracy(ours, load_labelled("ks", str(ks_corpus)).test, 4.0)
+    assert again == summary["test"]  # the test figure is that of the saved folder
