@@ -10,6 +10,9 @@ Orderings (which layer goes next), after the redundancy paper (Dorszewski et al.
 
 * ``last``: drop the last layers first; ``first``: drop the first layers first;
 * ``block_influence``: ShortGPT's ``BI_i = 1 - cos(h_{i-1}, h_i)`` over valid frames, lowest first;
+* ``knn_block_influence``: the same score with mutual k-NN alignment (k = 8) of utterance vectors
+  in place of cosine, lowest first; the first layer goes last, as the paper never prunes the
+  first block;
 * ``similarity_block``: layers inside a block of mutually similar hidden states go first (the
   most similar to their input first), keeping each block's last layer, its boundary; then the
   boundaries, again most similar first.
@@ -24,10 +27,10 @@ import numpy as np
 import torch
 
 from .blocks import BlockStructure
-from .core import check_layers_to_remove, lengths_to_mask
+from .core import check_layers_to_remove, lengths_to_mask, masked_mean
 from .fsutil import atomic_dir
 
-ORDERINGS = ("last", "first", "block_influence", "similarity_block")
+ORDERINGS = ("last", "first", "block_influence", "knn_block_influence", "similarity_block")
 
 
 def prune(model, remove):
@@ -84,8 +87,38 @@ def block_influence(model, batches, max_batches: int | None = None) -> list[floa
     return (1.0 - sums / frames).tolist()
 
 
+@torch.no_grad()
+def knn_block_influence(model, batches, k: int = 8, max_batches: int | None = None) -> list[float]:
+    """``BI_i = 1 - mutual_knn(h_{i-1}, h_i)`` for layers i = 1..L, on utterance vectors (mean over valid frames).
+
+    The redundancy paper's kNN block influence (k = 8): the fraction of shared nearest
+    neighbours between a layer's input and output, over the utterances of ``batches``.
+    """
+    from .analysis import mutual_knn
+
+    pooled: list[list[torch.Tensor]] = []
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    for n, batch in enumerate(batches):
+        if max_batches is not None and n >= max_batches:
+            break
+        if batch.get("wav") is None:
+            continue
+        states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))
+        if not pooled:
+            pooled = [[] for _ in states]
+        for i, s in enumerate(states):
+            pooled[i].append(masked_mean(s.float(), frame_lengths).cpu())
+    if not pooled:
+        raise ValueError("no audio to measure kNN block influence on")
+    vectors = [torch.cat(p) for p in pooled]
+    if vectors[0].shape[0] <= k:
+        raise ValueError(f"kNN block influence with k = {k} needs more than {k} utterances, got {vectors[0].shape[0]}")
+    return [1.0 - mutual_knn(vectors[i - 1], vectors[i], k) for i in range(1, len(vectors))]
+
+
 def removal_order(name: str, num_layers: int, influence: list[float] | None = None,
-                  similarity=None, blocks: BlockStructure | None = None) -> list[int]:
+                  similarity=None, blocks: BlockStructure | None = None,
+                  knn_influence: list[float] | None = None) -> list[int]:
     """All layers 1..L in the order ``name`` removes them."""
     layers = list(range(1, num_layers + 1))
     if name == "last":
@@ -96,6 +129,10 @@ def removal_order(name: str, num_layers: int, influence: list[float] | None = No
         if influence is None or len(influence) != num_layers:
             raise ValueError("block_influence ordering needs one influence value per layer")
         return sorted(layers, key=lambda i: (influence[i - 1], i))
+    if name == "knn_block_influence":
+        if knn_influence is None or len(knn_influence) != num_layers:
+            raise ValueError("knn_block_influence ordering needs one kNN influence value per layer")
+        return sorted(layers[1:], key=lambda i: (knn_influence[i - 1], i)) + [1]
     if name == "similarity_block":
         if similarity is None or blocks is None:
             raise ValueError("similarity_block ordering needs a similarity matrix and its blocks")

@@ -30,7 +30,7 @@ from .config import save_config, to_dict
 from .data import SkipTally, analysis_batches
 from .fsutil import write_json_atomic
 from .plots import curves
-from .prune import ORDERINGS, block_influence, prune, removal_order, save_pruned
+from .prune import ORDERINGS, block_influence, knn_block_influence, prune, removal_order, save_pruned
 from .teacher import OFFLINE_DEFAULT, load_teacher
 
 
@@ -57,6 +57,7 @@ class PruneConfig:
     max_remove: int = field(default=0, metadata={"help": "largest number of removed layers on the curve (0: L-1)"})
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     block_measure: str = field(default="linear_cka", metadata={"help": "matrix for the similarity_block ordering"})
+    knn_k: int = field(default=8, metadata={"help": "neighbours of the knn_block_influence ordering (the paper's 8)"})
     comflp: ComflpConfig = field(default_factory=ComflpConfig)
     crop_seconds: float = 4.0
     batch_seconds: float = 40.0
@@ -132,11 +133,14 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
     else:
         mats, counts = {m: np.asarray(v) for m, v in matrices.items()}, {"reused": True}
     influence = block_influence(teacher, batches)
+    knn_influence = knn_block_influence(teacher, batches, cfg.knn_k) if "knn_block_influence" in cfg.orderings \
+        else None
     blocks = find_blocks(mats[cfg.block_measure])
     analysis_seconds = time.time() - t0
     write_json_atomic(out / "similarity.json", {"model": teacher.name, "counts": counts,
                                                 "matrices": {m: v.tolist() for m, v in mats.items()},
-                                                "blocks": blocks.to_dict(), "block_influence": influence})
+                                                "blocks": blocks.to_dict(), "block_influence": influence,
+                                                "knn_block_influence": knn_influence})
     metric, higher, metric_name = _metric_fn(cfg, teacher, batches[:4], out)
 
     # pruning curves: one metric per (ordering, number removed); shared prefixes are built once
@@ -149,7 +153,7 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
             cache[key] = metric(prune(teacher, key) if key else teacher, key)
         return cache[key]
 
-    orders = {name: removal_order(name, num_layers, influence, mats[cfg.block_measure], blocks)
+    orders = {name: removal_order(name, num_layers, influence, mats[cfg.block_measure], blocks, knn_influence)
               for name in cfg.orderings}
     todo = {tuple(sorted(o[:k])) for o in orders.values() for k in range(max_remove + 1)}
     for removed in tqdm(sorted(todo, key=len), desc="pruning curves"):

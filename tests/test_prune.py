@@ -142,7 +142,7 @@ def test_prune_command_writes_curves_and_search(tiny_whisper_dir, sentences_corp
         "similarity.knn_k": 3, "crop_seconds": 1.0, "batch_seconds": 8.0, "comflp.top_k": 3})
     result = run_prune(cfg)
     curve = json.loads((tmp_path / "curve.json").read_text())
-    assert set(curve["orderings"]) == {"last", "first", "block_influence", "similarity_block"}
+    assert set(curve["orderings"]) == {"last", "first", "block_influence", "knn_block_influence", "similarity_block"}
     for c in curve["orderings"].values():
         assert c["removed"] == [0, 1, 2] and c["metric"][0] == pytest.approx(0.0, abs=1e-9)
         assert c["metric"][2] > 0
