@@ -24,6 +24,8 @@ def _commands():
 
     from .cache import CacheBuildConfig, run_cache_build
     from .export import ExportConfig, export
+    from .finetune import FinetuneConfig, finetune
+    from .paper import PaperConfig, paper_command
     from .pipeline import PipelineConfig, run_pipeline
     from .prune_run import PruneConfig, run_prune
     from .redundancy import AnalyzeConfig, run_analysis
@@ -34,6 +36,10 @@ def _commands():
                      PipelineConfig, run_pipeline),
         "distill": ("distil a student from a teacher on unlabeled audio (accelerate launch works)",
                     DistillConfig, distill),
+        "finetune": ("fine-tune a teacher (or a student) with a classification head on a labelled corpus "
+                     "(ks, label folders, VoxCeleb1 sid)", FinetuneConfig, finetune),
+        "paper": ("the redundancy paper's protocol: fine-tuned teacher, mimic stage 1 + 2, baselines",
+                  PaperConfig, paper_command),
         "analyze": ("layer x layer similarity (cosine, CKA, mutual k-NN, dCor), blocks, heatmaps",
                     AnalyzeConfig, run_analysis),
         "prune": ("pruning curves per ordering and CoMFLP search, without retraining", PruneConfig, run_prune),

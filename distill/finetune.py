@@ -127,10 +127,11 @@ def _saver(model, head: ClassificationHead, labels: list[str], stack: bool):
 
 def finetune_model(model, corpus: LabelledCorpus, out: Path, t: TrainConfig, cache: CacheConfig | None = None,
                    head: ClassificationHead | None = None, head_only: bool = False, stack: bool = True,
-                   config=None) -> dict:
+                   config=None, test_set: "FrontendTestSet | None" = None) -> dict:
     """Train ``model`` (+ ``head``, new if ``None``) on ``corpus``; writes the run folder and ``test.json``.
 
     ``stack=False``: a linear classifier on the frontend output (the paper's CNN-features baseline).
+    ``test_set``: the test split's frontend output computed once, to score with (else it is run).
     Returns the summary with ``test`` (accuracy, size, 95 % interval) of the best checkpoint.
     """
     out = Path(out)
@@ -176,7 +177,7 @@ def finetune_model(model, corpus: LabelledCorpus, out: Path, t: TrainConfig, cac
               {s.path: s.reason for s in corpus.skipped}, {}, cache_summary)
     summary = train_loop(run)
     best = load_classifier(out / "best").to(acc.device)
-    test = classifier_accuracy(best, corpus.test, t.batch_seconds)
+    test = test_set.accuracy(best) if test_set is not None else classifier_accuracy(best, corpus.test, t.batch_seconds)
     summary["test"] = test
     if acc.is_main_process:
         write_json_atomic(out / "test.json", {"task": corpus.task, "labels": labels, **test,
@@ -208,6 +209,52 @@ def classifier_accuracy(model, items, batch_seconds: float = 16.0) -> dict:
         right += sum(p == y for p, y in zip(predicted, truth))
         n += len(truth)
     return accuracy_record(right, n)
+
+
+class FrontendTestSet:
+    """The test utterances through one frozen frontend, computed once.
+
+    Every model whose frontend has the same weights (a fine-tuned teacher, its students, its
+    pruned copies, a classifier on the frontend output: the redundancy paper's protocol) is
+    then scored from the stored features, its stack and head only; any other model is run whole.
+    """
+
+    def __init__(self, reference, items, batch_seconds: float = 16.0):
+        self.reference_state = {k: v.detach().clone() for k, v in reference.frontend.state_dict().items()}
+        self.items, self.batch_seconds = items, batch_seconds
+        budget = int(batch_seconds * SAMPLE_RATE)
+        ds = AudioDataset(items, max_samples=budget, random_crop=False)
+        sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))], budget, shuffle=False)
+        device = next(iter(reference.parameters())).device
+        self.batches = []
+        with torch.no_grad():
+            for indices in sampler:
+                batch = collate_audio([ds[i] for i in indices])
+                if batch["wav"] is not None:
+                    feats, frame_lengths = reference.frontend(batch["wav"].to(device), batch["lengths"].to(device))
+                    self.batches.append((feats, frame_lengths, batch["labels"]))
+
+    def shares_frontend(self, model) -> bool:
+        state = model.frontend.state_dict() if model.frontend is not None else {}
+        return state.keys() == self.reference_state.keys() and all(
+            torch.equal(state[k].cpu(), v.cpu()) for k, v in self.reference_state.items())
+
+    @torch.no_grad()
+    def accuracy(self, model) -> dict:
+        """Like :func:`classifier_accuracy` (same figures), from the stored frontend output when it applies."""
+        if not self.shares_frontend(model):
+            return classifier_accuracy(model, self.items, self.batch_seconds)
+        index = {label: i for i, label in enumerate(model.labels)}
+        reads_frontend = getattr(model, "head_reads", "last") == "frontend"
+        scorer = StackWithHead(None, model.head) if reads_frontend else stack_with_head(model, model.head)
+        scorer.eval()
+        right = n = 0
+        for feats, frame_lengths, labels in self.batches:
+            predicted = scorer(feats, frame_lengths).argmax(-1).tolist()
+            truth = [index[label] for label in labels]
+            right += sum(p == y for p, y in zip(predicted, truth))
+            n += len(truth)
+        return accuracy_record(right, n)
 
 
 def finetune(cfg: FinetuneConfig) -> dict:

@@ -3,7 +3,8 @@
 The model under test is frozen; s3prl trains its learnable weighted sum of hidden states and
 a mean-pooling linear head on the train root, keeps the best checkpoint by validation
 accuracy, and scores it on the test root. ``metrics.json`` in the output folder holds the
-test accuracy, the best validation accuracy, the steps and the time.
+test accuracy with the test-set size and its 95 % Wilson interval, the best validation
+accuracy, the steps and the time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from distill.fsutil import write_json_atomic
+from distill.stats import accuracy_record
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,10 @@ def run_ks(cfg: EvaluateConfig) -> dict:
     if stats_file.is_file():
         stats = yaml.safe_load(stats_file.read_text()) or {}
         valid_best = (stats.get("valid_best_metrics") or {}).get("accuracy")
+    n_test = sum(1 for _ in test_root.rglob("*.wav"))  # s3prl scores every clip of the test root once
+    record = accuracy_record(round(float(test["accuracy"]) * n_test), n_test)
     metrics = {"task": "ks", "model": cfg.model, "test_accuracy": float(test["accuracy"]),
+               "test_n": n_test, "test_ci95": record["ci95"],
                "test_loss": float(test.get("loss", float("nan"))), "valid_best_accuracy": valid_best,
                "steps": cfg.steps, "seconds": elapsed, "train_root": str(train_root), "test_root": str(test_root)}
     write_json_atomic(out / "metrics.json", metrics)

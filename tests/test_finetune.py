@@ -141,3 +141,22 @@ def test_finetuning_the_whisper_teacher_on_keyword_spotting(tiny_whisper_dir, ks
     torch.testing.assert_close(model.encoder.layers[0].fc1.weight, ours.stack.layers[0].fc1.weight)
     again = classifier_accuracy(ours, load_labelled("ks", str(ks_corpus)).test, 4.0)
     assert again == summary["test"]  # the test figure is that of the saved folder
+
+
+def test_scoring_from_stored_frontend_output_equals_running_the_model(ks_corpus, tiny_whisper_dir, tmp_path):
+    from distill.classifier import ClassificationHead
+    from distill.finetune import FrontendTestSet
+    from distill.prune import prune
+
+    teacher = load_teacher(str(tiny_whisper_dir))
+    corpus = load_labelled("ks", str(ks_corpus))
+    torch.manual_seed(0)
+    teacher.head, teacher.labels = ClassificationHead(teacher.info.dim, 12).eval(), corpus.labels
+    test_set = FrontendTestSet(teacher, corpus.test, 4.0)
+    for model in (teacher, prune(teacher, [2])):
+        assert test_set.shares_frontend(model)
+        assert test_set.accuracy(model) == classifier_accuracy(model, corpus.test, 4.0)
+    other = load_teacher(str(save_tiny_model("whisper", tmp_path / "other", seed=1)))
+    other.head, other.labels = teacher.head, teacher.labels
+    assert not test_set.shares_frontend(other)  # another frontend: run whole
+    assert test_set.accuracy(other) == classifier_accuracy(other, corpus.test, 4.0)
