@@ -13,6 +13,33 @@ def _pct(x) -> str:
     return "" if x is None else f"{x:.1f} %"
 
 
+def _acc(accuracy: float | None, ci95=None) -> str:
+    """``86.87 % [84.7, 88.8]`` (the interval when known)."""
+    if accuracy is None:
+        return ""
+    return f"{100 * accuracy:.2f} %" + ("" if not ci95 else f" [{100 * ci95[0]:.1f}, {100 * ci95[1]:.1f}]")
+
+
+def _protocols_table(r: dict) -> list[str]:
+    """Per model: SUPERB's protocol and the redundancy paper's, side by side, each with its interval."""
+    p = r.get("paper")
+    if not p:
+        return []
+    n_superb = r["models"]["teacher"].get("ks_test_n")
+    n_paper = p["models"]["teacher"]["test"]["n"]
+    lines = ["## Both protocols, side by side", "",
+             f"SUPERB's (frozen model, s3prl's downstream on its hidden states; the pretrained teacher; n = {n_superb}) "
+             f"and the redundancy paper's (teacher fine-tuned on KS, mimic stage 1 + stage 2; n = {n_paper}), on the "
+             "same KS test clips. Brackets: 95 % Wilson intervals.", "",
+             "| model | params total | SUPERB KS acc. | SUPERB retention | paper-protocol acc. | paper retention |",
+             "|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        paper_acc = _acc(m["paper_test_accuracy"], (m.get("paper_test") or {}).get("ci95"))
+        lines.append(f"| {name} | {m['params_total']:,} | {_acc(m['ks_test_accuracy'], m.get('ks_test_ci95'))} | "
+                     f"{_pct(m.get('retention_pct'))} | {paper_acc} | {_pct(m.get('paper_retention_pct'))} |")
+    return lines + [""]
+
+
 def _models_table(r: dict) -> list[str]:
     lines = ["| model | kind | params total | params stack | stack compression | CPU s / s audio | speed-up | "
              "KS test acc. | retention | distillation (steps, best valid loss) |",
@@ -24,7 +51,8 @@ def _models_table(r: dict) -> list[str]:
         lines.append(
             f"| {name} | {m.get('kind', '')} | {m['params_total']:,} | {m['params_stack']:,} | "
             f"{_pct(m.get('stack_compression_pct'))} | {m['cpu_seconds_per_audio_second']:.4f} | "
-            f"{speedup} | {100 * m['ks_test_accuracy']:.2f} % | {_pct(m.get('retention_pct'))} | {distilled} |")
+            f"{speedup} | {_acc(m['ks_test_accuracy'], m.get('ks_test_ci95'))} | {_pct(m.get('retention_pct'))} | "
+            f"{distilled} |")
     return lines
 
 
@@ -85,7 +113,8 @@ def render_report(r: dict) -> str:
         "",
         f"KS: s3prl `SuperbKS` (SUPERB protocol: frozen model, learnt weighted sum of its hidden states and a "
         f"small downstream), {r['ks']['steps']} downstream steps, 12 classes (chance "
-        f"{100 * r['ks']['chance_accuracy']:.1f} %), data `{r['ks']['data']}`.",
+        f"{100 * r['ks']['chance_accuracy']:.1f} %), {r['models']['teacher'].get('ks_test_n')} test clips (brackets: "
+        f"95 % Wilson interval), data `{r['ks']['data']}`.",
         f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
         f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
         f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
@@ -104,6 +133,11 @@ def render_report(r: dict) -> str:
     else:
         lines += ["No student has at most a third of the teacher's parameters.", ""]
     lines += ["![KS accuracy against parameters](pareto.png)", ""]
+    lines += _protocols_table(r)
+    if r.get("paper"):
+        from .paper import render_paper
+
+        lines += [render_paper(r["paper"]).replace("](pruning.png)", "](paper/pruning.png)"), ""]
     for name, lc in (r.get("layer_consistency") or {}).items():
         lines += _layer_consistency(name, lc)
     a = r["analysis"]

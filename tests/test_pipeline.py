@@ -21,9 +21,13 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "evaluate.batch_size": 8, "bench.rounds": 1, "bench.utterances": 2,
         "analysis.similarity.batch_size": 16, "analysis.similarity.knn_k": 3, "analysis.n_blocks": 2,
         "prune.similarity.knn_k": 3, "prune.probe.epochs": 5, "prune.comflp.top_k": 2,
-        "layer_consistency.probe.epochs": 5, "layer_consistency.timing_steps": 2,
+        "layer_consistency.probe.epochs": 5, "layer_consistency.timing_steps": 2, "layer_consistency.ks_every_depth": True,
         "layer_consistency.timing_crop_seconds": 1.0, "layer_consistency.timing_batch_seconds": 4.0,
         "cache.root": str(tmp_path / "cache"), "student_steps": {"mimic-mlp": 6},
+        "paper.finetune.max_steps": 6, "paper.finetune.eval_every": 3, "paper.finetune.batch_seconds": 4.0,
+        "paper.stage1.max_steps": 4, "paper.stage1.eval_every": 2, "paper.stage1.batch_seconds": 4.0,
+        "paper.stage2.max_steps": 4, "paper.stage2.eval_every": 2, "paper.stage2.batch_seconds": 4.0,
+        "paper.analysis_utterances": 32, "paper.timing_utterances": 2, "paper.student_steps": {},
     })
     report = run_pipeline(cfg)
     run = tmp_path / "run"
@@ -51,7 +55,7 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     assert len(targets) == 2 and targets[-1] == 3
     assert saved["models"]["mimic-transformer"]["target_layers"] == targets
     assert saved["models"]["pruned-comflp"]["num_layers"] == 3 - len(saved["models"]["pruned-comflp"]["removed_layers"])
-    assert set(saved["pruning"]["curve"]) == {"last", "first", "block_influence", "similarity_block"}
+    assert set(saved["pruning"]["curve"]) == {"last", "first", "block_influence", "knn_block_influence", "similarity_block"}
     # the shared student at every depth, and the Layer Consistency claims measured on it
     lc = saved["layer_consistency"]["shared"]
     assert [p["depth"] for p in lc["curve"]] == [1, 2, 3]
@@ -65,7 +69,8 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         assert (run / png).is_file(), png
     # one teacher-target cache, built once, read by every student: the union of their layers
     assert saved["cache"]["slots"] == ["features", 1, 2, 3] and not saved["cache"]["reused"]
-    assert len(list((tmp_path / "cache").glob("*/*/manifest.json"))) == 1
+    summaries = [json.loads((run / "distill" / n / "summary.json").read_text()) for n in students]
+    assert {s["targets"]["cache"]["folder"] for s in summaries} == {saved["cache"]["folder"]}
     assert all(saved["models"][n]["distill"]["targets"] == "cache" for n in students)
     assert [saved["models"][n]["distill"]["steps"] for n in students] == [6, 4, 4, 4, 4]  # student_steps
     # before / after an earlier run (here: the same run)
@@ -77,7 +82,22 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     assert row["before"] == row["after"] and row["after"]["best_valid_loss"] == saved["models"]["mimic-mlp"][
         "distill"]["best_valid_loss"]
     assert "Against the earlier run" in render_report({**saved, "baseline": base})
+    # both protocols per model, every accuracy with its test-set size and 95 % interval
+    n_test = teacher["ks_test_n"]
+    assert n_test == len(list((ks_corpus / "test").rglob("*.wav")))
+    for name, entry in saved["models"].items():
+        lo, hi = entry["ks_test_ci95"]
+        assert lo <= entry["ks_test_accuracy"] <= hi and entry["ks_test_n"] == n_test
+    assert teacher["paper_test_accuracy"] == saved["paper"]["models"]["teacher"]["test"]["accuracy"]
+    assert teacher["paper_retention_pct"] is None
+    for name in ("mimic-mlp", "mimic-transformer", "pruned-comflp"):
+        entry = saved["models"][name]
+        assert entry["paper_retention_pct"] == pytest.approx(100 * entry["paper_test_accuracy"] /
+                                                             teacher["paper_test_accuracy"])
+        assert entry["paper_test"]["n"] == n_test
+    assert saved["models"]["distilhubert"]["paper_test_accuracy"] is None  # not a paper-protocol student
     md = (run / "report.md").read_text()
+    assert "Both protocols, side by side" in md and "redundancy paper's protocol" in md
     assert "mimic-transformer" in md and "KS test acc" in md and "Layer consistency" in md
     assert saved["models"]["shared"]["describe"] in md
 
