@@ -66,17 +66,21 @@ def skip_layers(teacher, skip):
             h.remove()
 
 
-@torch.no_grad()
-def block_influence(model, batches, max_batches: int | None = None) -> list[float]:
-    """``BI_i = 1 - mean cos(h_{i-1}, h_i)`` over valid frames, for layers i = 1..L."""
-    sums, frames = None, 0
+def _states(model, batches, max_batches: int | None = None):
+    """``(hidden states, frame_lengths)`` of ``model`` on each batch of audio (batches of bad files skipped)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for n, batch in enumerate(batches):
         if max_batches is not None and n >= max_batches:
             break
-        if batch.get("wav") is None:
-            continue
-        states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))
+        if batch.get("wav") is not None:
+            yield model(batch["wav"].to(device), batch["lengths"].to(device))
+
+
+@torch.no_grad()
+def block_influence(model, batches, max_batches: int | None = None) -> list[float]:
+    """``BI_i = 1 - mean cos(h_{i-1}, h_i)`` over valid frames, for layers i = 1..L."""
+    sums, frames = None, 0
+    for states, frame_lengths in _states(model, batches, max_batches):
         mask = lengths_to_mask(frame_lengths, states[0].shape[1])
         cos = torch.stack([torch.nn.functional.cosine_similarity(states[i - 1], states[i], dim=-1)[mask]
                            for i in range(1, len(states))])
@@ -97,13 +101,7 @@ def knn_block_influence(model, batches, k: int = 8, max_batches: int | None = No
     from .analysis import mutual_knn
 
     pooled: list[list[torch.Tensor]] = []
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    for n, batch in enumerate(batches):
-        if max_batches is not None and n >= max_batches:
-            break
-        if batch.get("wav") is None:
-            continue
-        states, frame_lengths = model(batch["wav"].to(device), batch["lengths"].to(device))
+    for states, frame_lengths in _states(model, batches, max_batches):
         if not pooled:
             pooled = [[] for _ in states]
         for i, s in enumerate(states):
