@@ -65,3 +65,25 @@ def train_step_seconds(student, teacher, batches: list[dict], steps: int = 6, wa
             times.append(time.perf_counter() - t0)
     stack.eval()
     return statistics.median(times)
+
+
+@torch.no_grad()
+def macs_per_audio_second(model: torch.nn.Module, seconds: float = 1.0, frontend_only: bool = False) -> float:
+    """Multiply-accumulates ``model`` (or its frontend) spends on one second of audio.
+
+    Counted by torch's ``FlopCounterMode`` on a ``seconds``-long clip (matmuls and convolutions:
+    FLOPs / 2), divided by ``seconds``. Attention grows with length, so longer clips cost more
+    per second: pass the length that matters.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n = int(seconds * SAMPLE_RATE)
+    wav = torch.randn(1, n) * 0.1
+    lengths = torch.tensor([n])
+    fn = model.frontend if frontend_only else model
+    if fn is None:
+        raise ValueError(f"{getattr(model, 'name', model)} has no separate frontend to count")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn(wav, lengths)
+    return counter.get_total_flops() / 2 / seconds

@@ -20,8 +20,11 @@ from .config import add_config_arguments, config_from_args, to_dict
 def _commands():
     """name -> (help, config class, function); imported lazily so --help is fast."""
     from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
-    from tasks.keyword_spotting import EvaluateConfig, evaluate
+    from tasks.evaluate import EvaluateConfig, evaluate
+    from tasks.superb_corpora import (FluentCommandsConfig, LibriSpeechConfig, VoxCelebConfig, build_fluent_commands,
+                                      build_librispeech, build_voxceleb1)
 
+    from .bench_run import BenchCommandConfig, run_bench
     from .cache import CacheBuildConfig, run_cache_build
     from .export import ExportConfig, export
     from .finetune import FinetuneConfig, finetune
@@ -43,7 +46,10 @@ def _commands():
         "analyze": ("layer x layer similarity (cosine, CKA, mutual k-NN, dCor), blocks, heatmaps",
                     AnalyzeConfig, run_analysis),
         "prune": ("pruning curves per ordering and CoMFLP search, without retraining", PruneConfig, run_prune),
-        "evaluate": ("SUPERB task through s3prl on a teacher, student or exported folder", EvaluateConfig, evaluate),
+        "evaluate": ("SUPERB task (ks, sid, ic, er, pr, asr) through s3prl's own recipe on a teacher, student or "
+                     "exported folder; --suite ks,sid,... --models A,B: the SUPERB table", EvaluateConfig, evaluate),
+        "bench": ("parameters, MACs, CPU time per second of audio, real-time factor and peak memory of models, "
+                  "side by side", BenchCommandConfig, run_bench),
         "export": ("export a trained student as a Hugging Face folder", ExportConfig, export),
         "cache build": ("compute the teacher's targets once (float16 shards) for distill --train.cache true",
                         CacheBuildConfig, run_cache_build),
@@ -51,6 +57,12 @@ def _commands():
                       SpeechCommandsConfig, build_speech_commands),
         "corpus sentences": ("synthesise unlabeled read speech (LibriSpeech layout) with espeak-ng",
                              SentencesConfig, build_sentences),
+        "corpus sid": ("synthesise VoxCeleb1 (identification split) with espeak voices as speakers",
+                       VoxCelebConfig, build_voxceleb1),
+        "corpus ic": ("synthesise Fluent Speech Commands (action / object / location)",
+                      FluentCommandsConfig, build_fluent_commands),
+        "corpus librispeech": ("synthesise LibriSpeech (exact transcripts, SPEAKERS.TXT, an espeak-ng phoneme "
+                               "lexicon for PR)", LibriSpeechConfig, build_librispeech),
     }
 
 
@@ -78,6 +90,8 @@ def build_parser(commands) -> argparse.ArgumentParser:
         else:
             p = sub.add_parser(name, help=help_, description=help_)
         add_config_arguments(p, cls)
+        if name == "bench":
+            p.add_argument("positional_models", nargs="*", metavar="MODEL", help="models to measure (= --models)")
     p = sub.add_parser("config", help="print a command's default settings as YAML")
     p.add_argument("name", nargs="+", help=f"one of: {', '.join(sorted(commands))}")
     return parser
@@ -100,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     _help, cls, fn = commands[command]
     try:
         cfg = config_from_args(cls, args)
+        if getattr(args, "positional_models", None):
+            cfg.models = list(args.positional_models)
         result = fn(cfg)
     except ValueError as err:
         print(f"stackdistill {command}: error: {err}", file=sys.stderr)

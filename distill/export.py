@@ -33,9 +33,11 @@ OUR_PACKAGES = ("distill", "students")
 
 @dataclass
 class ExportConfig:
-    model: str = field(default="", metadata={"help": "distillation run folder (its best/ student) or a student folder"})
+    model: str = field(default="", metadata={
+        "help": "hf: a distillation run folder (its best/ student) or a student folder; onnx: any model spec"})
     out: str = field(default="", metadata={"help": "destination folder"})
-    format: Literal["hf"] = field(default="hf", metadata={"help": "hf (Hugging Face folder)"})
+    format: Literal["hf", "onnx"] = field(default="hf", metadata={
+        "help": "hf (Hugging Face folder; students) or onnx (model.onnx + check.json; any model)"})
     depth: int = field(default=0, metadata={"help": "shared students: depth to export (0: the student's own)"})
 
 
@@ -196,8 +198,68 @@ def export_student(student, out: str | Path, depth: int | None = None, extra: di
 def export(cfg: ExportConfig) -> Path:
     if not cfg.model or not cfg.out:
         raise ValueError("export needs model=<run or student folder> and out=<folder>")
-    if cfg.format != "hf":
-        raise ValueError(f"unknown export format {cfg.format!r}; available: hf")
+    if cfg.format not in ("hf", "onnx"):
+        raise ValueError(f"unknown export format {cfg.format!r}; available: hf, onnx")
+    if cfg.format == "onnx":
+        return export_onnx_folder(cfg.model, cfg.out)
     if cfg.depth < 0:
         raise ValueError(f"depth must be positive (or 0: the student's own), got {cfg.depth}")
     return export_student(load_student(cfg.model), cfg.out, cfg.depth or None)
+
+
+REAL_SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def real_speech_batch(seconds=(3.0, 1.2, 2.1)):
+    """A padded batch of real recordings (Debian pocketsphinx-testdata) of different lengths."""
+    import torch
+
+    from .audio import load_audio
+
+    clips = sorted(REAL_SPEECH.glob("*.wav"))
+    if len(clips) < len(seconds):
+        raise ValueError(f"real speech for the ONNX check not found in {REAL_SPEECH}: install Debian's "
+                         "pocketsphinx-testdata (scripts/setup.sh does)")
+    wavs = [load_audio(c)[: int(16000 * s)] for c, s in zip(clips, seconds)]
+    wav = torch.zeros(len(wavs), max(w.numel() for w in wavs))
+    for i, w in enumerate(wavs):
+        wav[i, : w.numel()] = w
+    return wav, torch.tensor([w.numel() for w in wavs])
+
+
+def export_onnx_folder(spec: str, out: str | Path) -> Path:
+    """``out/model.onnx`` of any model, checked with onnxruntime on real audio (``check.json``),
+    with a model card; returns the folder."""
+    from .fsutil import write_json_atomic
+    from .onnx_export import check_onnx, export_onnx
+    from .teacher import load_teacher
+
+    model = load_teacher(spec)
+    with atomic_dir(Path(out)) as tmp:
+        path = export_onnx(model, tmp / "model.onnx")
+        wav, lengths = real_speech_batch()
+        check = check_onnx(model, path, wav, lengths)
+        write_json_atomic(tmp / "check.json", {"model": spec, **check})
+        info = model.info
+        (tmp / "README.md").write_text(onnx_card(spec, info, check))
+    log.info("ONNX export of %s: max abs difference %.2e against PyTorch; CPU s per audio s: torch %.4f, onnx %.4f",
+             spec, check["max_abs_diff"], check["torch_seconds_per_audio_second"], check["onnx_seconds_per_audio_second"])
+    return Path(out)
+
+
+def onnx_card(spec: str, info, check: dict) -> str:
+    return "\n".join([
+        f"# {info.name}: ONNX export", "", f"Exported by `stackdistill export --format onnx --model {spec}`.", "",
+        "| | |", "|---|---|",
+        f"| architecture | {info.arch}, {info.num_layers} layers, width {info.dim} |",
+        f"| parameters | frontend {info.params_frontend:,}, stack {info.params_stack:,} |",
+        f"| frame hop | {info.hop} samples at 16 kHz |",
+        f"| check on real speech | max abs difference {check['max_abs_diff']:.2e} against PyTorch, batch "
+        f"{check['batch']} padded (lengths {check['lengths']}) |",
+        f"| CPU s per audio s | PyTorch {check['torch_seconds_per_audio_second']:.4f}, onnxruntime "
+        f"{check['onnx_seconds_per_audio_second']:.4f} |", "",
+        "```python", "import numpy as np, onnxruntime as ort",
+        "sess = ort.InferenceSession(PATH + '/model.onnx')",
+        "# wav: float32 (batch, samples) at 16 kHz, zero-padded; lengths: int64 (batch,)",
+        "hidden_states, frame_lengths = sess.run(None, {'wav': wav, 'lengths': lengths})",
+        "# hidden_states: (layers + 1, batch, frames, dim), zero past each utterance's frame_lengths", "```", ""])

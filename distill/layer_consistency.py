@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tasks.keyword_spotting import evaluate
+from tasks.evaluate import evaluate
 from tasks.probe import ProbeConfig, run_probe
 
 from .bench import seconds_per_audio_second, train_step_seconds
@@ -102,16 +102,16 @@ def measure_layer_consistency(student, teacher, out: Path, cfg: LayerConsistency
     half = max(1, full // 2)
     t_stack = teacher.info.params_stack
     s_stack = student.info.params_stack
-    acc = {d: ks[d]["test_accuracy"] for d in ks}
+    acc = {d: ks[d]["value"] for d in ks}
     curve = [{"depth": d, "params_stack_plain_export": models[d].info.params_stack,
               "ks_test_accuracy": acc.get(d), "probe_accuracy": probe[d]["accuracy"],
               "cpu_seconds_per_audio_second": speed[f"depth {d}"],
-              "ks_retention_pct": None if d not in acc else 100 * acc[d] / max(teacher_ks["test_accuracy"], 1e-12)}
+              "ks_retention_pct": None if d not in acc else 100 * acc[d] / max(teacher_ks["value"], 1e-12)}
              for d in depths]
     result = {
         "student": student.name, "groups": student.config.num_unique_layers, "max_depth": full,
         "curve": curve,
-        "teacher": {"ks_test_accuracy": teacher_ks["test_accuracy"],
+        "teacher": {"ks_test_accuracy": teacher_ks["value"],
                     "cpu_seconds_per_audio_second": speed["teacher"], "params_stack": t_stack},
         "claims": {
             "param_ratio": {"teacher_stack": t_stack, "shared_stack": s_stack, "ratio": t_stack / s_stack,

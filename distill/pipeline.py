@@ -31,7 +31,11 @@ import torch
 from students.mimic import MimicOptions
 from students.registry import StudentSpec, student_name
 from tasks.corpora import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
-from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
+from tasks.evaluate import EvaluateConfig, evaluate
+from tasks.ks import resolve_ks_roots
+from tasks.suite import SuiteConfig, run_suite
+from tasks.superb import retention_pct
+from tasks.superb_corpora import synthetic_root
 
 from .bench import seconds_per_audio_second
 from .cache import CacheConfig
@@ -107,6 +111,11 @@ class PipelineConfig:
     # the depth curve by the probe (KS through s3prl at the full depth only): three s3prl runs fewer
     layer_consistency: LayerConsistencyConfig = field(default_factory=lambda: LayerConsistencyConfig(
         ks_every_depth=False))
+    tasks: list[str] = field(default_factory=lambda: ["ks"], metadata={
+        "help": "SUPERB tasks: ks always; sid, ic, pr, asr, er add the suite table (README: what fits the budget)"})
+    task_data: dict = field(default_factory=dict, metadata={
+        "help": "task -> dataset root for --tasks (default: the synthetic corpora, built when missing)"})
+    task_steps: dict = field(default_factory=dict, metadata={"help": "task -> downstream steps (default: evaluate.steps)"})
     run_paper: bool = field(default=True, metadata={"help": "the redundancy paper's protocol on KS, beside SUPERB's"})
     paper: PaperConfig = field(default_factory=PaperConfig,
                                metadata={"help": "its settings (teacher, data, out and cache set here)"})
@@ -122,9 +131,9 @@ def _timing_batch(data: list[str], n: int):
 def _model_entry(info, eval_metrics: dict, speed: float) -> dict:
     return {"params_frontend": info.params_frontend, "params_stack": info.params_stack,
             "params_total": info.params_total, "num_layers": info.num_layers,
-            "cpu_seconds_per_audio_second": speed, "ks_test_accuracy": eval_metrics["test_accuracy"],
-            "ks_test_n": eval_metrics.get("test_n"), "ks_test_ci95": eval_metrics.get("test_ci95"),
-            "ks_valid_best_accuracy": eval_metrics.get("valid_best_accuracy")}
+            "cpu_seconds_per_audio_second": speed, "ks_test_accuracy": eval_metrics["value"],
+            "ks_test_n": eval_metrics["test_n"], "ks_test_ci95": eval_metrics["ci95"],
+            "ks_valid_best_accuracy": eval_metrics.get(f"valid_best_{eval_metrics['metric']}")}
 
 
 def _resolve_spec(spec: StudentSpec, targets: list[int], comflp_removed: list[int] | None) -> StudentSpec:
@@ -149,6 +158,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             raise ValueError(f"student_steps[{name!r}] must be a positive number of steps, got {steps!r}")
         if name not in names:
             log.warning("student_steps names %r, which is not one of the students %s", name, names)
+
+    from tasks.registry import get_task
+
+    for task in cfg.tasks:
+        get_task(task)  # an unknown task fails now, not after an hour of distillation
 
     # 1. corpora (cached by their settings)
     ks_data = cfg.ks_data
@@ -222,9 +236,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                   out=str(out / "paper"), cache=cfg.cache),
                           pruned={PRUNED: comflp_removed} if comflp_removed else None)
 
-    # 9. report
+    # 9. more SUPERB tasks through s3prl (--tasks), teacher and students, as the suite's table
+    suite = None
+    extra_tasks = [t for t in cfg.tasks if t != "ks"]
+    if extra_tasks:
+        task_data = {t: cfg.task_data.get(t) or synthetic_root(t) for t in extra_tasks}
+        suite = run_suite(SuiteConfig(tasks=extra_tasks, models=list(specs.values()), names=list(specs),
+                                      data=task_data, steps=dict(cfg.task_steps), out=str(out / "suite"),
+                                      evaluate=cfg.evaluate))
+
+    # 10. report
     t_info = teacher.info
-    t_acc = evals["teacher"]["test_accuracy"]
     entries = {"teacher": {"name": cfg.teacher, "kind": "teacher", **_model_entry(t_info, evals["teacher"],
                                                                                   speed["teacher"])}}
     for name, model in models.items():
@@ -236,7 +258,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "stack_compression_pct": 100.0 * (1 - info.params_stack / t_info.params_stack),
             "total_compression_pct": 100.0 * (1 - info.params_total / t_info.params_total),
             "params_fraction_of_teacher": info.params_total / t_info.params_total,
-            "retention_pct": 100.0 * evals[name]["test_accuracy"] / max(t_acc, 1e-12),
+            "retention_pct": retention_pct(evals[name], evals["teacher"]),
             "speedup": speed["teacher"] / speed[name],
         }
         if name in students:
@@ -281,7 +303,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "full_model_metric": pruning["search"]["full_model_metric"],
             "comflp": {k: pruning["search"][k] for k in ("n_remove", "best", "candidates", "seconds")},
             "curve_png": str(out / "prune" / "curve.png")},
-        "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "chance_accuracy": 1 / 12},
+        "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "metric": evals["teacher"]["metric"],
+               "chance_accuracy": evals["teacher"]["chance"]},
+        "suite": suite,
         "cache": None if cache is None else {
             "folder": str(cache.folder), "reused": cache.reused, "build_seconds": cache.manifest["build_seconds"],
             "segments": cache.manifest["segments"], "audio_seconds": cache.manifest["audio_seconds"],

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tasks.keyword_spotting import EvaluateConfig, evaluate
+from tasks.evaluate import EvaluateConfig, evaluate
 from tasks.probe import ProbeConfig, run_probe
 
 from .analysis import SimilaritySettings, similarity_matrices

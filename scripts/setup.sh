@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up stackdistill on a fresh Debian/Ubuntu machine: system packages, then .venv with the
 # package and its extras. Idempotent: a re-run on a ready machine only checks and returns.
-#   scripts/setup.sh            # runtime + s3prl + dev extras
+#   scripts/setup.sh            # runtime + s3prl + onnx + dev extras
 #   EXTRAS=s3prl scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-s3prl,dev}"
+EXTRAS="${EXTRAS:-s3prl,onnx,dev}"
 PYTHON="${PYTHON:-python3}"
 
 # System packages: espeak-ng synthesises the corpora, libsox is loaded by s3prl's KS recipe

@@ -72,7 +72,7 @@ def _ks_split(name: str) -> str:
 
 
 def speech_commands(data: str, test_data: str = "", **_) -> LabelledCorpus:
-    from .keyword_spotting import resolve_ks_roots
+    from .ks import resolve_ks_roots
 
     train_root, test_root = resolve_ks_roots(data, test_data)
     skipped: list[SkipRecord] = []

@@ -9,7 +9,8 @@ import torch
 
 import students
 from distill.teacher import load_teacher
-from tasks.keyword_spotting import EvaluateConfig, evaluate, resolve_ks_roots
+from tasks.evaluate import EvaluateConfig, evaluate
+from tasks.ks import resolve_ks_roots
 from tasks.s3prl_upstream import register
 
 
@@ -51,4 +52,4 @@ def test_ks_roots_are_checked(tmp_path):
 
 def test_unknown_task_is_an_error():
     with pytest.raises(ValueError, match="unknown task"):
-        evaluate(EvaluateConfig(task="asr"))
+        evaluate(EvaluateConfig(task="sd"))

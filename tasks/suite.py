@@ -1,0 +1,183 @@
+"""The SUPERB suite: every model on every task, one SUPERB-style table.
+
+``stackdistill evaluate --suite ks,sid,ic,pr,asr --models TEACHER,A,B`` runs the grid (the first
+model is the reference for retention), one s3prl run a cell, and writes ``suite.json``,
+``suite.md`` and ``suite.png``: a row a model, a column a task, with params, MACs per second of
+audio, each figure's test-set size and 95 % interval, and each model's retention of the
+reference per task (accuracy ratio; error-rate ratio reference / model). A finished cell (its
+``metrics.json`` written with the same settings) is never recomputed, so a killed suite resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from distill.fsutil import write_json_atomic, write_text_atomic
+
+from .registry import get_task
+from .superb import retention_pct
+
+log = logging.getLogger(__name__)
+
+# Where `stackdistill corpus <task>` writes each synthetic corpus: the suite's default data roots.
+DEFAULT_ROOTS = {"ks": "data/speech_commands", "sid": "data/voxceleb1", "ic": "data/fluent_speech_commands",
+                 "pr": "data/librispeech", "asr": "data/librispeech", "er": "data/iemocap"}
+
+
+@dataclass
+class SuiteConfig:
+    tasks: list[str] = field(default_factory=lambda: ["ks"], metadata={"help": "SUPERB tasks (columns)"})
+    models: list[str] = field(default_factory=list, metadata={"help": "model specs (rows); the first is the reference"})
+    names: list[str] = field(default_factory=list, metadata={"help": "row names (default: from the specs)"})
+    data: dict = field(default_factory=dict, metadata={"help": "task -> dataset root (default: the synthetic corpora)"})
+    steps: dict = field(default_factory=dict, metadata={"help": "task -> downstream steps (default: evaluate.steps)"})
+    out: str = "runs/suite"
+    evaluate: object = None  # an EvaluateConfig: the settings every cell shares
+
+    @classmethod
+    def from_evaluate(cls, cfg) -> "SuiteConfig":
+        models = [m for m in cfg.models.split(",") if m] if isinstance(cfg.models, str) else list(cfg.models)
+        if not models:
+            raise ValueError("--suite needs --models A,B,... (the first is the reference)")
+        tasks = [t for t in cfg.suite.split(",") if t]
+        data = {t: (cfg.data if cfg.data and len(tasks) == 1 else DEFAULT_ROOTS.get(t, "")) for t in tasks}
+        return cls(tasks=tasks, models=models, data=data, out=cfg.out, evaluate=cfg)
+
+
+def model_names(specs: list[str], names: list[str] | None = None) -> list[str]:
+    if names:
+        if len(names) != len(specs):
+            raise ValueError(f"{len(names)} names for {len(specs)} models")
+        return list(names)
+    out = []
+    for spec in specs:
+        p = Path(spec)
+        base = p.name if p.name not in ("best", "last", "model") else f"{p.parent.name}"
+        out.append(base if base not in out else f"{base}-{len(out)}")
+    return out
+
+
+def _cell_settings(cfg, spec: str) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "suite", "models", "num_workers")} | {"model": spec}
+
+
+def run_suite(cfg: SuiteConfig) -> dict:
+    """Run (or resume) the grid; returns ``suite.json``'s content."""
+    from distill.teacher import load_teacher
+
+    from .evaluate import EvaluateConfig, run_task
+
+    base = cfg.evaluate if cfg.evaluate is not None else EvaluateConfig()
+    tasks = [get_task(t) for t in cfg.tasks]
+    roots = {}
+    for task in tasks:  # every layout checked before any model is loaded or any cell run
+        root = cfg.data.get(task.name) or DEFAULT_ROOTS.get(task.name, "")
+        task.resolve(root, base.test_data if task.name == "ks" else "")
+        roots[task.name] = root
+    names = model_names(cfg.models, cfg.names)
+    out = Path(cfg.out)
+    cells: dict[str, dict[str, dict]] = {name: {} for name in names}
+    for name, spec in zip(names, cfg.models):
+        for task in tasks:
+            cell_dir = out / name / task.name
+            cell_cfg = replace(base, task=task.name, model=spec, data=roots[task.name], out=str(cell_dir), suite="",
+                               models="", steps=int(cfg.steps.get(task.name, base.steps)),
+                               test_data=base.test_data if task.name == "ks" else "")
+            settings = _cell_settings(cell_cfg, spec)
+            done = cell_dir / "metrics.json"
+            if done.is_file() and (cell_dir / "cell.json").is_file() and \
+                    json.loads((cell_dir / "cell.json").read_text()) == json.loads(json.dumps(settings)):
+                log.info("suite: %s / %s already done, reused", name, task.name)
+                cells[name][task.name] = json.loads(done.read_text())
+                continue
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            cells[name][task.name] = run_task(cell_cfg)
+            write_json_atomic(cell_dir / "cell.json", settings)
+    costs = {}
+    for name, spec in zip(names, cfg.models):
+        from distill.bench import macs_per_audio_second
+
+        model = load_teacher(spec)
+        costs[name] = {**model.info.to_dict(), "macs_per_audio_second": macs_per_audio_second(model)}
+    reference = names[0]
+    rows = {}
+    for name in names:
+        rows[name] = {"spec": cfg.models[names.index(name)], **{k: costs[name][k] for k in (
+            "params_frontend", "params_stack", "params_total", "macs_per_audio_second")}, "tasks": {}}
+        for task in tasks:
+            m = cells[name][task.name]
+            rows[name]["tasks"][task.name] = {
+                "metric": m["metric"], "value": m["value"], "higher_is_better": m["higher_is_better"],
+                "test_n": m["test_n"], "units": m.get("units"), "ci95": m["ci95"], "chance": m.get("chance"),
+                "retention_pct": None if name == reference else retention_pct(m, cells[reference][task.name]),
+                "steps": m["steps"], "seconds": m["seconds"]}
+    suite = {"reference": reference, "tasks": cfg.tasks, "models": rows,
+             "data": roots, "table_md": str(out / "suite.md"), "table_png": str(out / "suite.png")}
+    write_json_atomic(out / "suite.json", suite)
+    write_text_atomic(out / "suite.md", render_suite(suite))
+    plot_suite(suite, out / "suite.png")
+    return suite
+
+
+def _fmt(cell: dict) -> str:
+    lo, hi = cell["ci95"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    interval = "" if lo != lo else f" [{pct(lo)}, {pct(hi)}]"
+    n = f"n = {cell['test_n']}" + (f", {cell['units']} tokens" if cell.get("units") else "")
+    return f"{pct(cell['value'])} %{interval}, {n}"
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def render_suite(suite: dict) -> str:
+    """Markdown: a row a model, a column a task (metric in %, interval, size), then retention."""
+    tasks = suite["tasks"]
+    first = next(iter(suite["models"].values()))["tasks"]
+    heads = [f"{t.upper()} {first[t]['metric'].upper()} ({'higher' if first[t]['higher_is_better'] else 'lower'} "
+             "is better)" for t in tasks]
+    lines = ["| model | params | MACs / s of audio | " + " | ".join(heads) + " |",
+             "|---|---:|---:|" + "---|" * len(tasks)]
+    for name, row in suite["models"].items():
+        cells = " | ".join(_fmt(row["tasks"][t]) for t in tasks)
+        lines.append(f"| {name} | {row['params_total'] / 1e6:.2f} M | {_si(row['macs_per_audio_second'])} | {cells} |")
+    lines += ["", f"Retention of {suite['reference']} (accuracy ratio; error-rate ratio reference / model):", "",
+              "| model | " + " | ".join(t.upper() for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name, row in suite["models"].items():
+        if name == suite["reference"]:
+            continue
+        vals = [row["tasks"][t]["retention_pct"] for t in tasks]
+        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f} %" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_suite(suite: dict, path: Path) -> None:
+    """Grouped bars: each model's retention of the reference per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = suite["tasks"]
+    others = [n for n in suite["models"] if n != suite["reference"]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.2))
+    width = 0.8 / max(1, len(others))
+    for i, name in enumerate(others):
+        vals = [suite["models"][name]["tasks"][t]["retention_pct"] or 0.0 for t in tasks]
+        ax.bar([k + i * width for k in range(len(tasks))], [min(v, 200) for v in vals], width, label=name)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([k + width * (len(others) - 1) / 2 for k in range(len(tasks))], [t.upper() for t in tasks])
+    ax.set_ylabel(f"% of {suite['reference']}")
+    ax.set_title("SUPERB retention per task")
+    if others:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""ONNX export parity on real speech (padded batches), and the bench command's JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import students
+from distill.bench_run import BenchCommandConfig, run_bench
+from distill.export import ExportConfig, export, real_speech_batch
+from distill.onnx_export import check_onnx, export_onnx
+from distill.teacher import load_teacher
+
+from .conftest import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert_dir(tmp_path_factory):
+    return save_tiny_model("hubert", tmp_path_factory.mktemp("tiny_hubert"))
+
+
+@pytest.mark.parametrize("kind", ["student", "pruned"])
+def test_onnx_matches_pytorch_per_utterance_on_padded_real_speech(kind, tiny_whisper_dir, tmp_path):
+    teacher = load_teacher(str(tiny_whisper_dir))
+    model = students.mimic_from_teacher(teacher).as_teacher() if kind == "student" else teacher.without_layers([2])
+    path = export_onnx(model, tmp_path / "m.onnx")
+    wav, lengths = real_speech_batch()  # 3.0 s, 1.2 s, 2.1 s: two of three utterances padded
+    assert len(set(lengths.tolist())) == 3
+    check = check_onnx(model, path, wav, lengths, rounds=1)
+    assert check["max_abs_diff"] < 1e-4 and check["layers"] == model.num_layers
+    assert check["torch_seconds_per_audio_second"] > 0 and check["onnx_seconds_per_audio_second"] > 0
+    # another batch size and length than the export was traced with
+    one, n = wav[1:2, : int(lengths[1])], lengths[1:2]
+    assert check_onnx(model, path, one, n, rounds=1)["max_abs_diff"] < 1e-4
+
+
+def test_onnx_of_a_group_norm_cnn_teacher_handles_padding(tiny_hubert_dir, tmp_path):
+    model = load_teacher(str(tiny_hubert_dir))
+    assert model.frontend.per_utterance_cnn  # base-model CNN: group norm over each utterance's time
+    path = export_onnx(model, tmp_path / "h.onnx")
+    check = check_onnx(model, path, *real_speech_batch(), rounds=1)
+    assert check["max_abs_diff"] < 1e-4
+
+
+def test_export_command_writes_onnx_check_and_card(tiny_whisper_dir, tmp_path):
+    out = export(ExportConfig(model=str(tiny_whisper_dir), out=str(tmp_path / "onnx"), format="onnx"))
+    check = json.loads((out / "check.json").read_text())
+    assert (out / "model.onnx").stat().st_size > 0 and check["max_abs_diff"] < 1e-4
+    card = (out / "README.md").read_text()
+    assert "onnxruntime" in card and "max abs difference" in card
+
+
+def test_bench_reports_every_field_for_every_model(tiny_whisper_dir, tmp_path):
+    teacher = load_teacher(str(tiny_whisper_dir))
+    folder = tmp_path / "student"
+    students.mimic_from_teacher(teacher).save_pretrained(folder)
+    res = run_bench(BenchCommandConfig(models=[str(tiny_whisper_dir), str(folder)], out=str(tmp_path / "b"),
+                                       seconds=[1.0, 2.0], batch_sizes=[1, 2], rounds=1, warmup=1))
+    saved = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert set(saved["models"]) == {tiny_whisper_dir.name, "student", "frontend"}
+    keys = {"1s_x1", "1s_x2", "2s_x1", "2s_x2"}
+    for name, m in saved["models"].items():
+        assert set(m["seconds_per_audio_second"]) == keys and set(m["peak_rss_mb"]) == keys
+        assert all(v > 0 for v in m["seconds_per_audio_second"].values())
+        assert set(m["macs_per_audio_second"]) == {"1s", "2s"}
+        assert m["params"]["total"] == m["params"]["frontend"] + m["params"]["stack"] + m["params"]["heads"]
+    t, s, f = (saved["models"][k] for k in (tiny_whisper_dir.name, "student", "frontend"))
+    # the frontend is part of every model: the floor of the MACs of both
+    assert f["macs_per_audio_second"]["1s"] < s["macs_per_audio_second"]["1s"] <= t["macs_per_audio_second"]["1s"] * 1.5
+    assert t["macs_per_audio_second"]["2s"] > 0 and "| student |" in (tmp_path / "b" / "bench.md").read_text()
+    assert res["models"].keys() == saved["models"].keys()
