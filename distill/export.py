@@ -75,7 +75,33 @@ def model_card(student, how_to_load: str, extra: dict | None = None) -> str:
             "frame hop": f"{info.hop} samples at 16 kHz", **(extra or {})}
     lines = [f"# {student.kind} student of {c.teacher_name}", "", f"Made with stackdistill: {student.describe()}.", "",
              "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
-    return "\n".join(lines + ["", "```python", how_to_load.strip(), "```", ""])
+    return "\n".join(lines + ["", "## How to load", "", "transformers:", "", "```python", how_to_load.strip(), "```",
+                               "", OTHER_LOADERS, EVALUATION_MARK, "", "Not evaluated yet: "
+                               "`stackdistill evaluate --task ks --model PATH --data <Speech Commands root>`.", ""])
+
+
+OTHER_LOADERS = """s3prl (any downstream recipe; in the running process):
+
+```python
+from tasks.s3prl_upstream import register   # stackdistill's in-process hub entry
+from s3prl.nn import S3PRLUpstream
+upstream = S3PRLUpstream(register(), path_or_url=PATH)
+```
+
+onnxruntime: `stackdistill export --format onnx --model PATH --out PATH-onnx` writes `model.onnx`,
+checked against PyTorch on real speech (its own card says how to call it).
+"""
+EVALUATION_MARK = "## Evaluation"
+
+
+def write_card_evaluation(folder: str | Path, rows: dict[str, str], note: str = "") -> None:
+    """Replace the card's evaluation section with ``rows`` (figure -> value and the command)."""
+    card = Path(folder) / "README.md"
+    text = card.read_text() if card.is_file() else ""
+    head = text.split(EVALUATION_MARK)[0].rstrip()
+    body = ["| result | value | produced by |", "|---|---|---|"] + [
+        f"| {k} | {v[0]} | `{v[1]}` |" if isinstance(v, tuple) else f"| {k} | {v} | |" for k, v in rows.items()]
+    card.write_text("\n".join([head, "", EVALUATION_MARK, "", *([note, ""] if note else []), *body, ""]))
 
 
 # -- modelling code bundled into the folder -------------------------------------------------------

@@ -41,7 +41,7 @@ from .bench import seconds_per_audio_second
 from .cache import CacheConfig
 from .config import save_config
 from .data import AudioDataset, collate_audio, list_audio
-from .export import export_student, load_student
+from .export import export_student, load_student, write_card_evaluation
 from .fsutil import write_json_atomic, write_text_atomic
 from .layer_consistency import LayerConsistencyConfig, measure_layer_consistency
 from .paper import PaperConfig, run_paper
@@ -201,7 +201,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                                            student=spec, train=train, cache=cfg.cache))
         student = load_student(run_dir)
         export_student(student, out / "students" / name,
-                       extra={"distillation steps": runs[name]["steps"],
+                       extra={"training data": f"{', '.join(distill_data)} ({runs[name]['files_used']:,} files)",
+                              "distillation steps": runs[name]["steps"],
                               "best validation loss": f"{runs[name]['best_valid_loss']:.4f}"})
         students[name] = student
         specs[name] = str(run_dir / "best")
@@ -235,6 +236,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         paper = run_paper(replace(cfg.paper, teacher=cfg.teacher, task="ks", data=ks_data, test_data=cfg.evaluate.test_data,
                                   out=str(out / "paper"), cache=cfg.cache),
                           pruned={PRUNED: comflp_removed} if comflp_removed else None)
+
+    # the export cards get their results and the commands that reproduce them
+    for name in students:
+        m = evals[name]
+        folder = out / "students" / name
+        rows = {"SUPERB KS accuracy (frozen, s3prl)": (
+            f"{100 * m['value']:.2f} % [{100 * m['ci95'][0]:.1f}, {100 * m['ci95'][1]:.1f}], n = {m['test_n']}",
+            f"stackdistill evaluate --task ks --model {folder} --data {ks_data} --steps {cfg.evaluate.steps}")}
+        row = (paper or {}).get("models", {}).get(name)
+        if row is not None:
+            rows["redundancy-paper protocol KS accuracy"] = (
+                f"{100 * row['paper_test_accuracy']:.2f} % (stage 2, its own copy)", "stackdistill paper --task ks ...")
+        write_card_evaluation(folder, rows, note=f"Measured by `stackdistill pipeline` on {date.today().isoformat()}.")
 
     # 9. more SUPERB tasks through s3prl (--tasks), teacher and students, as the suite's table
     suite = None

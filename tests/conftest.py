@@ -76,3 +76,28 @@ def real_clip() -> Path:
     if not REAL_CLIP.is_file():
         pytest.fail(f"{REAL_CLIP} missing: install Debian's pocketsphinx-testdata (scripts/setup.sh does)")
     return REAL_CLIP
+
+
+@pytest.fixture(scope="session")
+def vox_corpus(tmp_path_factory) -> Path:
+    from tasks.superb_corpora import VoxCelebConfig, build_voxceleb1
+
+    return build_voxceleb1(VoxCelebConfig(out=str(tmp_path_factory.mktemp("vox") / "vox1"), speakers=4, videos=2,
+                                          train_per_speaker=4, valid_per_speaker=1, test_per_speaker=2, workers=1))
+
+
+@pytest.fixture(scope="session")
+def fsc_corpus(tmp_path_factory) -> Path:
+    from tasks.superb_corpora import FluentCommandsConfig, build_fluent_commands
+
+    return build_fluent_commands(FluentCommandsConfig(out=str(tmp_path_factory.mktemp("fsc") / "fsc"),
+                                                      train_speakers=2, valid_speakers=1, test_speakers=1, workers=1))
+
+
+@pytest.fixture(scope="session")
+def libri_corpus(tmp_path_factory) -> Path:
+    from tasks.superb_corpora import LibriSpeechConfig, build_librispeech
+
+    return build_librispeech(LibriSpeechConfig(out=str(tmp_path_factory.mktemp("libri") / "ls"), train_speakers=3,
+                                               dev_speakers=1, test_speakers=1, utterances_per_speaker=3,
+                                               max_words=6, workers=1))

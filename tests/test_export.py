@@ -182,3 +182,31 @@ def test_stock_s3prl_upstreams_load_the_plain_export(tmp_path, arch, upstream):
     assert abs(int(lengths[-1][0]) - int(frames[0])) <= 2  # within s3prl's own tolerance of 5 frames
     for a, b in zip(inner, ours):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, ks_corpus):
+    """The README's recipe: s3prl's own SuperbKS runner with its own hf_hubert_custom upstream on an
+    exported student folder; no stackdistill hub entry, adapter or runner involved."""
+    from s3prl.problem import SuperbKS
+
+    from tasks.ks import resolve_ks_roots
+    from tasks.s3prl_compat import apply
+
+    teacher = load_teacher(str(save_tiny_model("hubert", tmp_path / "t", num_hidden_layers=4)))
+    spec = StudentSpec(kind="pruned")
+    spec.pruned.ordering = "last"
+    out = export_student(build_student(spec, teacher), tmp_path / "export")
+    apply()  # torchaudio 2.8 / pandas 2 fixes for s3prl itself (README, "Dependencies")
+    train, test = resolve_ks_roots(str(ks_corpus))
+    problem = SuperbKS()
+    conf = problem.default_config()
+    conf.update(target_dir=str(tmp_path / "s3prl"), cache_dir=str(tmp_path / "cache"), remove_all_cache=False)
+    conf["prepare_data"] = {"gsc1": str(train), "gsc1_test": str(test)}
+    conf["build_upstream"] = {"name": "hf_hubert_custom", "path_or_url": str(out)}
+    conf["train"].update(total_steps=4, log_step=2, eval_step=2, save_step=2, auto_resume=False)
+    problem.run(**conf, num_workers=0, device="cpu")
+    import yaml
+
+    result = yaml.safe_load((tmp_path / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text())
+    assert 0.0 <= float(result["accuracy"]) <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from distill.config import load_config
@@ -13,7 +14,8 @@ REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_
 
 
 @pytest.mark.slow
-def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, sentences_corpus, ks_corpus, tmp_path):
+def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, sentences_corpus, ks_corpus, fsc_corpus,
+                                                              tmp_path):
     cfg = load_config(PipelineConfig, None, {
         "out": str(tmp_path / "run"), "teacher": str(tiny_whisper_dir), "distill_data": [str(sentences_corpus)],
         "ks_data": str(ks_corpus), "train.max_steps": 4, "train.eval_every": 2, "train.save_every": 4,
@@ -28,12 +30,17 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "paper.stage1.max_steps": 4, "paper.stage1.eval_every": 2, "paper.stage1.batch_seconds": 4.0,
         "paper.stage2.max_steps": 4, "paper.stage2.eval_every": 2, "paper.stage2.batch_seconds": 4.0,
         "paper.analysis_utterances": 32, "paper.timing_utterances": 2, "paper.student_steps": {},
+        "tasks": ["ks", "ic"], "task_data": {"ic": str(fsc_corpus)}, "task_steps": {"ic": 4},
     })
     report = run_pipeline(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "report.json").read_text())
     students = ["mimic-mlp", "mimic-transformer", "distilhubert", "shared", "pruned-distilled"]
     assert list(saved["models"]) == ["teacher", *students, "pruned-comflp"]
+    suite = saved["suite"]  # --tasks ks,ic: IC through s3prl for every model, in the SUPERB table
+    assert set(suite["models"]) == set(saved["models"]) and suite["tasks"] == ["ic"] and suite["reference"] == "teacher"
+    assert all(row["tasks"]["ic"]["test_n"] > 0 for row in suite["models"].values())
+    assert "| mimic-mlp |" in (run / "suite" / "suite.md").read_text()
     teacher = saved["models"]["teacher"]
     for name, entry in saved["models"].items():
         assert REQUIRED <= entry.keys(), name
@@ -46,6 +53,9 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         assert load_teacher(s["path"]).num_layers == s["num_layers"]
     for name in students:  # every export loads as a teacher: plain architectures and the mimic folders alike
         assert load_teacher(saved["models"][name]["export"]).num_layers == saved["models"][name]["num_layers"]
+        card = (Path(saved["models"][name]["export"]) / "README.md").read_text()  # results + how to reproduce
+        assert "## Evaluation" in card and "stackdistill evaluate --task ks --model" in card and "n = " in card
+        assert "training data" in card and "onnxruntime" in card
     assert report["models"]["mimic-mlp"]["residual"] is True
     assert saved["models"]["distilhubert"]["kind"] == "distilhubert"
     # the pruned student starts from CoMFLP's pick: before and after distillation in one report

@@ -12,27 +12,6 @@ from tasks.evaluate import EvaluateConfig, evaluate
 from tasks.registry import TASKS, get_task
 from tasks.suite import SuiteConfig, run_suite
 from tasks.superb import MetricRecord, retention_pct
-from tasks.superb_corpora import (FluentCommandsConfig, LibriSpeechConfig, VoxCelebConfig, build_fluent_commands,
-                                  build_librispeech, build_voxceleb1)
-
-
-@pytest.fixture(scope="session")
-def vox_corpus(tmp_path_factory) -> Path:
-    return build_voxceleb1(VoxCelebConfig(out=str(tmp_path_factory.mktemp("vox") / "vox1"), speakers=4, videos=2,
-                                          train_per_speaker=4, valid_per_speaker=1, test_per_speaker=2, workers=1))
-
-
-@pytest.fixture(scope="session")
-def fsc_corpus(tmp_path_factory) -> Path:
-    return build_fluent_commands(FluentCommandsConfig(out=str(tmp_path_factory.mktemp("fsc") / "fsc"),
-                                                      train_speakers=2, valid_speakers=1, test_speakers=1, workers=1))
-
-
-@pytest.fixture(scope="session")
-def libri_corpus(tmp_path_factory) -> Path:
-    return build_librispeech(LibriSpeechConfig(out=str(tmp_path_factory.mktemp("libri") / "ls"), train_speakers=3,
-                                               dev_speakers=1, test_speakers=1, utterances_per_speaker=3,
-                                               max_words=6, workers=1))
 
 
 @pytest.fixture(scope="session")
