@@ -151,3 +151,29 @@ def write_wav(path: str | Path, wav: torch.Tensor | np.ndarray, sample_rate: int
     if isinstance(wav, torch.Tensor):
         wav = wav.detach().cpu().numpy()
     sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+REAL_SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox")  # Debian pocketsphinx-testdata (BSD-2)
+
+
+def real_speech_batch(seconds=(3.0, 1.2, 2.1), fallback: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A zero-padded batch ``(batch, samples)`` of real recordings cut to ``seconds`` (tiled when a
+    length exceeds the recordings), its lengths ``(batch,)``, and what the audio is. Without the
+    recordings: a ``ValueError``, or seeded noise if ``fallback``."""
+    n = [int(SAMPLE_RATE * s) for s in seconds]
+    clips = sorted(REAL_SPEECH.glob("*.wav")) if REAL_SPEECH.is_dir() else []
+    if clips:
+        source, what = torch.cat([load_audio(c) for c in clips]), f"recorded speech from {REAL_SPEECH}"
+    elif fallback:
+        source = torch.randn(sum(n), generator=torch.Generator().manual_seed(0)) * 0.1
+        what = "seeded noise (no recorded speech installed: Debian pocketsphinx-testdata)"
+    else:
+        raise ValueError(f"real speech not found in {REAL_SPEECH}: install Debian's pocketsphinx-testdata "
+                         "(scripts/setup.sh does)")
+    tiled = source.repeat(sum(n) // source.numel() + 1)
+    wav = torch.zeros(len(n), max(n))
+    start = 0
+    for i, k in enumerate(n):
+        wav[i, :k] = tiled[start:start + k]
+        start += k
+    return wav, torch.tensor(n), what

@@ -11,6 +11,8 @@ would freeze to one batch size), so the export swaps in batched equivalents:
 * wav2vec2-family CNNs with group norm (base models): the first layer's normalisation over time
   uses valid samples only.
 
+Whisper's position table bounds the input as it does in PyTorch: at most 30 s a clip.
+
 :func:`check_onnx` runs the export with onnxruntime against PyTorch on real audio and reports
 the largest absolute difference and the CPU time of both.
 """
@@ -67,7 +69,7 @@ class BatchedWhisperFrontend(nn.Module):
         peak = torch.where(valid, logm, torch.full_like(logm, -1e30)).amax(dim=(1, 2), keepdim=True)
         logm = (torch.maximum(logm, peak - 8.0) + 4.0) / 4.0
         mel = (logm * valid.to(logm.dtype)).transpose(1, 2)
-        x = F.gelu(f.conv1(mel))
+        x = F.gelu(f.conv1(mel.to(f.conv1.weight.dtype)))
         x = x * lengths_to_mask(mel_lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
         x = F.gelu(f.conv2(x)).transpose(1, 2)
         x = x + f.embed_positions.weight[: x.shape[1]].to(x.dtype)
@@ -93,6 +95,9 @@ class BatchedSSLFrontend(nn.Module):
             n = torch.div(n - cfg.conv_kernel[i], cfg.conv_stride[i], rounding_mode="floor") + 1
             norm = getattr(layer, "layer_norm", None)
             if isinstance(norm, nn.GroupNorm):  # one group a channel: statistics over valid time steps
+                if norm.num_groups != norm.num_channels:
+                    raise ValueError(f"ONNX export handles per-channel group norm only, got {norm.num_groups} groups "
+                                     f"for {norm.num_channels} channels")
                 mask = lengths_to_mask(n, x.shape[-1])[:, None, :].to(x.dtype)
                 count = mask.sum(-1, keepdim=True).clamp(min=1)
                 mean = (x * mask).sum(-1, keepdim=True) / count
@@ -166,10 +171,13 @@ def _median_seconds(fn, rounds: int = 5) -> float:
 def check_onnx(model: nn.Module, path: str | Path, wav: torch.Tensor, lengths: torch.Tensor,
                rounds: int = 5) -> dict:
     """onnxruntime against PyTorch on ``wav (batch, samples)``: max abs difference over valid frames
-    (each utterance alone in PyTorch against the padded batch in ONNX), and CPU seconds of both."""
+    (each utterance alone in PyTorch against the padded batch in ONNX), and the wall seconds per
+    second of audio of both on the same number of threads."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {"wav": wav.float().numpy(), "lengths": lengths.long().numpy()}
     onnx_states, onnx_lengths = sess.run(None, feed)
     diff = 0.0
@@ -184,5 +192,6 @@ def check_onnx(model: nn.Module, path: str | Path, wav: torch.Tensor, lengths: t
     onnx_s = _median_seconds(lambda: sess.run(None, feed), rounds)
     audio = float(lengths.sum()) / 16000
     return {"max_abs_diff": diff, "torch_seconds_per_audio_second": torch_s / audio,
-            "onnx_seconds_per_audio_second": onnx_s / audio, "batch": int(wav.shape[0]),
+            "onnx_seconds_per_audio_second": onnx_s / audio, "threads": torch.get_num_threads(),
+            "batch": int(wav.shape[0]),
             "lengths": lengths.tolist(), "layers": int(onnx_states.shape[0]) - 1}

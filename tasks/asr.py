@@ -24,18 +24,29 @@ def librispeech_root(data: str, layout: str = LIBRISPEECH_LAYOUT) -> Path:
     if not (root / "SPEAKERS.TXT").is_file() and (root / "LibriSpeech" / "SPEAKERS.TXT").is_file():
         root = root / "LibriSpeech"
     require(root / "SPEAKERS.TXT", "LibriSpeech speaker list", layout)
-    speakers = set()
-    for line in (root / "SPEAKERS.TXT").read_text().splitlines():
-        if line.strip() and not line.startswith(";"):
-            speakers.add(line.split("|")[0].strip())
+    speakers, lines = set(), (root / "SPEAKERS.TXT").read_text().splitlines()
+    header = next((i for i, line in enumerate(lines) if all(k in line for k in ("SEX", "SUBSET", "MINUTES", "NAME"))),
+                  None)
+    if header is None:
+        raise ValueError(f"{root / 'SPEAKERS.TXT'}: no header line naming SEX, SUBSET, MINUTES and NAME\n"
+                         f"expected layout:\n{layout}")
+    for i, line in enumerate(lines[header + 1:], header + 2):
+        if len(line.split("|")) != 5:  # s3prl reads every line after the header as 5 fields
+            raise ValueError(f"{root / 'SPEAKERS.TXT'}:{i}: expected 'ID | SEX | SUBSET | MINUTES | NAME', got {line!r}")
+        speakers.add(line.split("|")[0].strip())
     for split in SPLITS.values():
         folder = require(root / split, f"LibriSpeech split {split}", layout)
         flacs = list(folder.rglob("*.flac"))
         if not flacs:
             raise ValueError(f"{folder} holds no .flac files\nexpected layout:\n{layout}")
+        transcripts: dict[Path, set] = {}
         for flac in flacs:
             spk, chapter = flac.stem.split("-")[:2]
-            require(flac.parent / f"{spk}-{chapter}.trans.txt", "LibriSpeech transcript", layout)
+            trans = require(flac.parent / f"{spk}-{chapter}.trans.txt", "LibriSpeech transcript", layout)
+            if trans not in transcripts:
+                transcripts[trans] = {line.split(" ", 1)[0] for line in trans.read_text().splitlines() if line.strip()}
+            if flac.stem not in transcripts[trans]:
+                raise ValueError(f"{flac}: no line for {flac.stem} in {trans}")
             if spk not in speakers:
                 raise ValueError(f"speaker {spk} ({flac}) is not listed in {root / 'SPEAKERS.TXT'}")
     return root
@@ -73,7 +84,7 @@ class SpeechRecognition(SuperbTask):
             model_conf["hidden_size"] = [overrides.rnn_hidden] * len(model_conf["hidden_size"])
         conf.pop("save_model", None)  # an unresolved ${...} interpolation outside s3prl's own runner
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         folder = target_dir / "evaluate" / "valid_best" / SPLITS["test"]
         test = read_yaml(folder / "result.yaml")
         n, units = read_pairs(folder)

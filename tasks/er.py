@@ -51,13 +51,12 @@ def parse_session(session: Path) -> list[tuple[Path, str]]:
 class EmotionRecognition(SuperbTask):
     name = "er"
     recipe = "SuperbER"
-    metric = "accuracy"
+    metric = "accuracy"  # of one fold (--fold); SUPERB's ER figure is the mean over folds 0-4
     higher_is_better = True
     layout = ER_LAYOUT
     default_steps = 300
     default_batch_size = 4
     default_lr = 1e-4
-    fold = 0  # test session = fold + 1 (SUPERB averages folds 0-4; one run = one fold)
 
     def resolve(self, data: str, test_data: str = "") -> dict[str, Path]:
         root = require(Path(data), "IEMOCAP root (IEMOCAP_full_release)", ER_LAYOUT)
@@ -65,13 +64,15 @@ class EmotionRecognition(SuperbTask):
         return {"root": root}
 
     def configure(self, conf: dict, roots: dict[str, Path], overrides: RecipeOverrides) -> None:
-        conf["prepare_data"] = {"iemocap": str(roots["root"]), "test_fold": self.fold}
+        if not 0 <= overrides.fold <= 4:
+            raise ValueError(f"ER fold must be 0-4 (the test session is fold + 1), got {overrides.fold}")
+        conf["prepare_data"] = {"iemocap": str(roots["root"]), "test_fold": overrides.fold}
         conf["build_batch_sampler"]["train"]["batch_size"] = overrides.batch_size
-        self._write_split(kept_sessions(roots["root"]), Path(conf["cache_dir"]))
+        self._write_split(kept_sessions(roots["root"]), Path(conf["cache_dir"]), overrides.fold + 1)
 
-    def _write_split(self, sessions: dict, cache_dir: Path) -> None:
-        """The split s3prl would download, from the layout: session fold+1 tests, the others train."""
-        test_session = self.fold + 1
+    @staticmethod
+    def _write_split(sessions: dict, cache_dir: Path, test_session: int) -> None:
+        """The split s3prl would download, from the layout: ``test_session`` tests, the others train."""
         cache_dir.mkdir(parents=True, exist_ok=True)
         labels = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
         for part, keep in (("train", lambda n: n != test_session), ("test", lambda n: n == test_session)):
@@ -80,12 +81,12 @@ class EmotionRecognition(SuperbTask):
             (cache_dir / f"test_session{test_session}_{part}_metadata.json").write_text(
                 json.dumps({"labels": labels, "meta_data": meta}))
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
-        items = kept_sessions(roots["root"])[self.fold + 1]
+        items = kept_sessions(roots["root"])[overrides.fold + 1]
         counts: dict[str, int] = {}
         for _, e in items:
             counts[e] = counts.get(e, 0) + 1
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(items), chance=majority_rate(counts.values()),
-                            extra={"fold": self.fold, "test_loss": float(test.get("loss", float("nan")))})
+                            extra={"fold": overrides.fold, "test_session": overrides.fold + 1, "test_loss": test.get("loss")})

@@ -11,10 +11,10 @@ keeps its historical ``test_accuracy`` key.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -25,12 +25,9 @@ from .superb import RecipeOverrides, read_yaml
 
 log = logging.getLogger(__name__)
 
-TaskName = Literal["ks", "sid", "ic", "er", "pr", "asr"]
-
-
 @dataclass
 class EvaluateConfig:
-    task: TaskName = field(default="ks", metadata={"help": "SUPERB task: ks, sid, ic, er, pr, asr"})
+    task: str = field(default="ks", metadata={"help": "SUPERB task, a name in tasks.registry (ks, sid, ic, er, pr, asr)"})
     model: str = field(default="whisper-tiny.en", metadata={"help": "teacher/student spec or exported folder"})
     data: str = field(default="", metadata={"help": "dataset root in the task's official layout"})
     test_data: str = field(default="", metadata={"help": "KS: test root (default: <data>/test)"})
@@ -41,6 +38,7 @@ class EvaluateConfig:
     eval_every: int = field(default=100, metadata={"help": "validate (and keep the best) every N steps"})
     hidden_size: int = field(default=256, metadata={"help": "utterance tasks and PR: downstream projection width"})
     rnn_hidden: int = field(default=0, metadata={"help": "ASR: BLSTM width (0: the recipe's 1024)"})
+    fold: int = field(default=0, metadata={"help": "ER: test session fold + 1 (SUPERB averages folds 0-4)"})
     suite: str = field(default="", metadata={"help": "comma-separated tasks: run the suite grid instead"})
     models: str = field(default="", metadata={"help": "suite: comma-separated models (first = the teacher)"})
     seed: int = 0
@@ -70,11 +68,15 @@ def run_task(cfg: EvaluateConfig) -> dict:
     conf["build_upstream"] = {"name": name, "path_or_url": cfg.model}
     if "hidden_size" in (conf.get("build_downstream") or {}):
         conf["build_downstream"]["hidden_size"] = cfg.hidden_size
-    task.configure(conf, roots, RecipeOverrides(batch_size, cfg.hidden_size, cfg.rnn_hidden))
+    overrides = RecipeOverrides(batch_size, cfg.rnn_hidden, cfg.fold)
+    task.configure(conf, roots, overrides)
     conf["build_optimizer"] = {"name": "Adam", "conf": {"lr": lr}}
     every = max(1, min(cfg.eval_every, steps))  # s3prl keeps valid_best only at multiples of eval_step
     conf["train"].update(total_steps=steps, log_step=max(1, every // 2), eval_step=every, save_step=every,
-                         auto_resume=False)
+                         auto_resume=False, seed=cfg.seed)  # s3prl seeds itself from train.seed
+    accumulate = int(conf["train"].get("gradient_accumulate", 1))  # the recipe's: a step is this many batches
+    # s3prl caches train lengths by row index under target_dir: stale for another corpus in the same folder
+    shutil.rmtree(target_dir / "train_stats", ignore_errors=True)
     torch.manual_seed(cfg.seed)
     log.info("SUPERB %s (%s) on %s: %d steps, batch %d, lr %g", task.name, task.recipe, cfg.model, steps,
              batch_size, lr)
@@ -82,15 +84,17 @@ def run_task(cfg: EvaluateConfig) -> dict:
     with task.running(roots):
         problem.run(**conf, num_workers=cfg.num_workers, device=device)
     elapsed = time.time() - t0
-    record = task.read_result(target_dir, roots)
+    record = task.read_result(target_dir, roots, overrides)
     stats_file = target_dir / "train" / "valid_best" / "training_stats.yaml"
     valid_best = None
     if stats_file.is_file():
         valid_best = (read_yaml(stats_file).get("valid_best_metrics") or {}).get(task.metric)
-    metrics = {"model": cfg.model, **record.as_dict(), f"test_{record.metric}": record.value,
-               "test_n": record.test_n, "test_ci95": record.ci95, f"valid_best_{record.metric}": valid_best,
-               "steps": steps, "batch_size": batch_size, "lr": lr, "seconds": elapsed,
-               "roots": {k: str(v) for k, v in roots.items()}}
+    metrics = {"model": cfg.model, **record.as_dict(), **record.extra,
+               # the historical KS keys (test_accuracy, test_ci95), for every task by its metric
+               f"test_{record.metric}": record.value, "test_ci95": record.ci95,
+               f"valid_best_{record.metric}": valid_best, "steps": steps, "gradient_accumulate": accumulate,
+               "batches_seen": steps * accumulate, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
+               "seconds": elapsed, "roots": {k: str(v) for k, v in roots.items()}}
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
@@ -101,5 +105,4 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         from .suite import SuiteConfig, run_suite
 
         return run_suite(SuiteConfig.from_evaluate(cfg))
-    get_task(cfg.task)
     return run_task(cfg)

@@ -57,14 +57,15 @@ class IntentClassification(SuperbTask):
         for split in ("valid", "test"):
             unseen = sorted({intent(r) for r in splits[split]} - train_intents)
             if unseen:
-                raise ValueError(f"{split} intents never seen in train (s3prl needs every label in train): {unseen[:3]}")
+                raise ValueError(f"{split} intents never seen in train: {unseen[:3]} (Fluent Speech Commands' "
+                                 "splits share their intents; a model cannot learn an unseen one)")
         return {"root": root, "test_csv": root / "data" / "test_data.csv"}
 
     def configure(self, conf: dict, roots: dict[str, Path], overrides: RecipeOverrides) -> None:
         conf["prepare_data"] = {"dataset_root": str(roots["root"])}
         conf["build_batch_sampler"]["train"]["batch_size"] = overrides.batch_size
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         rows = read_rows(roots["test_csv"])
         counts: dict[str, int] = {}
@@ -72,4 +73,4 @@ class IntentClassification(SuperbTask):
             counts[intent(r)] = counts.get(intent(r), 0) + 1
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(rows), chance=majority_rate(counts.values()),
-                            extra={"intents": len(counts), "test_loss": float(test.get("loss", float("nan")))})
+                            extra={"intents": len(counts), "test_loss": test.get("loss")})

@@ -47,10 +47,10 @@ class KeywordSpotting(SuperbTask):
         for split in ("train", "valid", "test"):
             conf["build_batch_sampler"][split]["batch_size"] = overrides.batch_size
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         counts = [sum(1 for _ in d.glob("*.wav")) for d in roots["test"].iterdir() if d.is_dir()]
         n_test = sum(counts)  # s3prl scores every test clip once
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]),
                             higher_is_better=True, test_n=n_test, chance=majority_rate(counts),
-                            extra={"test_loss": float(test.get("loss", float("nan")))})
+                            extra={"test_loss": test.get("loss")})

@@ -27,15 +27,20 @@ def lexicon_files(root: Path) -> list[Path]:
 
 
 def check_lexicon(root: Path, files: list[Path]) -> None:
-    """Every word of every transcript has a pronunciation (s3prl asserts it deep in the run)."""
+    """Every word of every transcript has a pronunciation, spelt exactly as s3prl's G2P looks it up
+    (the upper-cased transcript word), and no blank line (s3prl's lexicon parser fails on one)."""
     words = set()
     for f in files:
-        words.update(line.split()[0].upper() for line in f.read_text().splitlines() if line.strip())
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                raise ValueError(f"{f}:{i}: blank line (s3prl's lexicon parser cannot read it)")
+            words.add(line.split()[0])
     for trans in root.rglob("*.trans.txt"):
         for line in trans.read_text().splitlines():
-            unknown = [w for w in line.split()[1:] if w.upper() not in words]
+            unknown = [w for w in line.upper().split(" ")[1:] if w and w not in words]
             if unknown:
-                raise ValueError(f"{trans}: word(s) {unknown[:5]} not in the lexicon {[str(f) for f in files]}")
+                raise ValueError(f"{trans}: word(s) {unknown[:5]} not in the lexicon {[str(f) for f in files]} "
+                                 "(looked up upper-case, as s3prl does)")
 
 
 class PhonemeRecognition(SpeechRecognition):

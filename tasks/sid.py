@@ -47,7 +47,14 @@ class SpeakerIdentification(SuperbTask):
         rows = read_split(split_file)
         if not rows:
             raise ValueError(f"{split_file} is empty\nexpected layout:\n{SID_LAYOUT}")
-        found = {p.relative_to(p.parents[2]).as_posix() for p in root.glob("*/wav/*/*/*.wav")}
+        found: dict[str, int] = {}
+        for p in root.glob("*/wav/*/*/*.wav"):
+            uid = p.relative_to(p.parents[2]).as_posix()
+            found[uid] = found.get(uid, 0) + 1
+        twice = [uid for uid, n in found.items() if n > 1]
+        if twice:
+            raise ValueError(f"{len(twice)} files are under more than one of {root}/*/wav/ (first: {twice[0]}); "
+                             "s3prl needs each exactly once")
         missing = [uid for _, uid in rows if uid not in found]
         if missing:
             raise ValueError(f"{len(missing)} of {len(rows)} files in {split_file} are missing under {root}/*/wav/ "
@@ -73,7 +80,7 @@ class SpeakerIdentification(SuperbTask):
         finally:
             superb_sid.VoxCeleb1SID = original
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         rows = [uid for code, uid in read_split(roots["split"]) if code == 3]
         per_speaker: dict[str, int] = {}
@@ -81,4 +88,4 @@ class SpeakerIdentification(SuperbTask):
             per_speaker[uid.split("/")[0]] = per_speaker.get(uid.split("/")[0], 0) + 1
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(rows), chance=majority_rate(per_speaker.values()),
-                            extra={"speakers": len(per_speaker), "test_loss": float(test.get("loss", float("nan")))})
+                            extra={"speakers": len(per_speaker), "test_loss": test.get("loss")})

@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from distill.bench import macs_per_audio_second, model_names
 from distill.fsutil import write_json_atomic, write_text_atomic
 
 from .registry import get_task
@@ -22,9 +23,20 @@ from .superb import retention_pct
 
 log = logging.getLogger(__name__)
 
-# Where `stackdistill corpus <task>` writes each synthetic corpus: the suite's default data roots.
-DEFAULT_ROOTS = {"ks": "data/speech_commands", "sid": "data/voxceleb1", "ic": "data/fluent_speech_commands",
-                 "pr": "data/librispeech", "asr": "data/librispeech", "er": "data/iemocap"}
+
+def default_root(task: str) -> str:
+    """Where ``stackdistill corpus ks|sid|ic|librispeech`` writes the task's synthetic corpus by default
+    (ER has none)."""
+    from .corpora import SpeechCommandsConfig
+    from .superb_corpora import FluentCommandsConfig, LibriSpeechConfig, VoxCelebConfig
+
+    outs = {"ks": SpeechCommandsConfig().out, "sid": VoxCelebConfig().out, "ic": FluentCommandsConfig().out,
+            "pr": LibriSpeechConfig().out, "asr": LibriSpeechConfig().out}
+    return outs.get(task, "")
+
+
+CORPUS_COMMAND = {"ks": "corpus ks", "sid": "corpus sid", "ic": "corpus ic", "pr": "corpus librispeech",
+                  "asr": "corpus librispeech"}
 
 
 @dataclass
@@ -43,25 +55,29 @@ class SuiteConfig:
         if not models:
             raise ValueError("--suite needs --models A,B,... (the first is the reference)")
         tasks = [t for t in cfg.suite.split(",") if t]
-        data = {t: (cfg.data if cfg.data and len(tasks) == 1 else DEFAULT_ROOTS.get(t, "")) for t in tasks}
+        if cfg.data and len(tasks) > 1:
+            raise ValueError("--data names one root: with several --suite tasks each reads its default root "
+                             "(README, 'SUPERB tasks through s3prl'); run one task per suite, or use the library's "
+                             "SuiteConfig(data={task: root})")
+        data = {t: cfg.data or default_root(t) for t in tasks}
         return cls(tasks=tasks, models=models, data=data, out=cfg.out, evaluate=cfg)
 
 
-def model_names(specs: list[str], names: list[str] | None = None) -> list[str]:
-    if names:
-        if len(names) != len(specs):
-            raise ValueError(f"{len(names)} names for {len(specs)} models")
-        return list(names)
-    out = []
-    for spec in specs:
-        p = Path(spec)
-        base = p.name if p.name not in ("best", "last", "model") else f"{p.parent.name}"
-        out.append(base if base not in out else f"{base}-{len(out)}")
-    return out
+def fingerprint(spec: str) -> dict:
+    """What identifies a model's weights: every file of its folder by size and modification time
+    (a retrained student at the same path is a new model); a hub id by name."""
+    folder = Path(spec)
+    if not folder.exists():
+        return {"spec": spec}
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    return {"spec": spec, "files": {str(p.relative_to(folder) if p != folder else p.name): [p.stat().st_size,
+                                                                                            p.stat().st_mtime_ns]
+                                    for p in files}}
 
 
 def _cell_settings(cfg, spec: str) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in ("out", "suite", "models", "num_workers")} | {"model": spec}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "suite", "models", "num_workers")}
+    return settings | {"model": fingerprint(spec)}
 
 
 def run_suite(cfg: SuiteConfig) -> dict:
@@ -74,8 +90,13 @@ def run_suite(cfg: SuiteConfig) -> dict:
     tasks = [get_task(t) for t in cfg.tasks]
     roots = {}
     for task in tasks:  # every layout checked before any model is loaded or any cell run
-        root = cfg.data.get(task.name) or DEFAULT_ROOTS.get(task.name, "")
-        task.resolve(root, base.test_data if task.name == "ks" else "")
+        root = cfg.data.get(task.name) or default_root(task.name)
+        try:
+            task.resolve(root, base.test_data if task.name == "ks" else "")
+        except ValueError as err:
+            hint = f" (the synthetic corpus: stackdistill {CORPUS_COMMAND[task.name]})" if task.name in CORPUS_COMMAND \
+                else ""
+            raise ValueError(f"suite task {task.name}{hint}: {err}") from err
         roots[task.name] = root
     names = model_names(cfg.models, cfg.names)
     out = Path(cfg.out)
@@ -94,11 +115,11 @@ def run_suite(cfg: SuiteConfig) -> dict:
                 cells[name][task.name] = json.loads(done.read_text())
                 continue
             cell_dir.mkdir(parents=True, exist_ok=True)
+            (cell_dir / "cell.json").unlink(missing_ok=True)  # a kill mid-run must not pair old settings, new metrics
             cells[name][task.name] = run_task(cell_cfg)
             write_json_atomic(cell_dir / "cell.json", settings)
     costs = {}
     for name, spec in zip(names, cfg.models):
-        from distill.bench import macs_per_audio_second
 
         model = load_teacher(spec)
         costs[name] = {**model.info.to_dict(), "macs_per_audio_second": macs_per_audio_second(model)}
@@ -123,11 +144,11 @@ def run_suite(cfg: SuiteConfig) -> dict:
 
 
 def _fmt(cell: dict) -> str:
-    lo, hi = cell["ci95"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    interval = "" if lo != lo else f" [{pct(lo)}, {pct(hi)}]"
+    interval = f" [{pct(cell['ci95'][0])}, {pct(cell['ci95'][1])}]" if cell.get("ci95") else ""
     n = f"n = {cell['test_n']}" + (f", {cell['units']} tokens" if cell.get("units") else "")
-    return f"{pct(cell['value'])} %{interval}, {n}"
+    chance = f"; chance {pct(cell['chance'])} %" if cell.get("chance") is not None else ""
+    return f"{pct(cell['value'])} %{interval}, {n}{chance}"
 
 
 def _si(x: float) -> str:
@@ -143,7 +164,7 @@ def render_suite(suite: dict) -> str:
     first = next(iter(suite["models"].values()))["tasks"]
     heads = [f"{t.upper()} {first[t]['metric'].upper()} ({'higher' if first[t]['higher_is_better'] else 'lower'} "
              "is better)" for t in tasks]
-    lines = ["| model | params | MACs / s of audio | " + " | ".join(heads) + " |",
+    lines = ["| model | params | MACs / s of audio (1 s clip) | " + " | ".join(heads) + " |",
              "|---|---:|---:|" + "---|" * len(tasks)]
     for name, row in suite["models"].items():
         cells = " | ".join(_fmt(row["tasks"][t]) for t in tasks)
@@ -170,11 +191,12 @@ def plot_suite(suite: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.2))
     width = 0.8 / max(1, len(others))
     for i, name in enumerate(others):
-        vals = [suite["models"][name]["tasks"][t]["retention_pct"] or 0.0 for t in tasks]
-        ax.bar([k + i * width for k in range(len(tasks))], [min(v, 200) for v in vals], width, label=name)
+        vals = [suite["models"][name]["tasks"][t]["retention_pct"] for t in tasks]
+        xs = [k + i * width for k, v in zip(range(len(tasks)), vals) if v is not None]  # undefined: no bar
+        ax.bar(xs, [min(v, 200) for v in vals if v is not None], width, label=name)
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.set_xticks([k + width * (len(others) - 1) / 2 for k in range(len(tasks))], [t.upper() for t in tasks])
-    ax.set_ylabel(f"% of {suite['reference']}")
+    ax.set_ylabel(f"% of {suite['reference']} (capped at 200)")
     ax.set_title("SUPERB retention per task")
     if others:
         ax.legend(fontsize=7)

@@ -11,7 +11,6 @@ test-set size and a 95 % interval. The pipeline and the suite read these records
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -35,18 +34,17 @@ class MetricRecord:
     test_n: int
     chance: float | None = None
     units: int | None = None
-    ci95: list[float] = field(default_factory=list)
+    ci95: list[float] | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.ci95:
+        if self.ci95 is None:
             n = self.units or self.test_n
             if n > 0 and 0.0 <= self.value <= 1.0:
                 # Wilson over the units counted; for error rates the units are not independent,
-                # so the interval is a lower bound on the true uncertainty (README, "SUPERB tasks").
+                # so the interval understates the uncertainty (README, "SUPERB tasks through s3prl").
                 self.ci95 = list(wilson(round(self.value * n), n))
-            else:
-                self.ci95 = [float("nan"), float("nan")]
+            # an error rate above 1 (insertions) has no proportion interval: ci95 stays None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +59,9 @@ def retention_pct(student: MetricRecord | dict, teacher: MetricRecord | dict) ->
         return None
     if s["higher_is_better"]:
         return 100.0 * s["value"] / t["value"] if t["value"] > 0 else None
-    return 100.0 * t["value"] / s["value"] if s["value"] > 0 else math.inf
+    if s["value"] == 0:
+        return 100.0 if t["value"] == 0 else None  # no errors at all: the ratio is undefined, not infinite
+    return 100.0 * t["value"] / s["value"]
 
 
 def majority_rate(counts) -> float | None:
@@ -83,8 +83,8 @@ class RecipeOverrides:
     """What ``stackdistill evaluate`` may change in a recipe besides steps and learning rate."""
 
     batch_size: int
-    hidden_size: int = 256  # utterance tasks' projection width
     rnn_hidden: int = 0  # ASR's BLSTM width (0: the recipe's 1024)
+    fold: int = 0  # ER: the test session is fold + 1
 
 
 class SuperbTask:
@@ -112,7 +112,7 @@ class SuperbTask:
         """Point the recipe's ``default_config()`` (``conf``, edited in place) at ``roots``."""
         raise NotImplementedError
 
-    def read_result(self, target_dir: Path, roots: dict[str, Path]) -> MetricRecord:
+    def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         """The recipe's test result under ``target_dir`` as a record."""
         raise NotImplementedError
 
@@ -120,13 +120,6 @@ class SuperbTask:
     def running(self, roots: dict[str, Path]):
         """Context the recipe runs in (a task that must redirect a download overrides it)."""
         yield
-
-    @staticmethod
-    def set_batch_size(conf: dict, batch_size: int) -> None:
-        """Batch size on every split whose sampler takes one."""
-        for sampler in (conf.get("build_batch_sampler") or {}).values():
-            if isinstance(sampler, dict) and "batch_size" in sampler:
-                sampler["batch_size"] = batch_size
 
 
 def read_yaml(path: Path) -> dict:

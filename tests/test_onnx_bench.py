@@ -9,7 +9,8 @@ import torch
 
 import students
 from distill.bench_run import BenchCommandConfig, run_bench
-from distill.export import ExportConfig, export, real_speech_batch
+from distill.audio import real_speech_batch
+from distill.export import ExportConfig, export
 from distill.onnx_export import check_onnx, export_onnx
 from distill.teacher import load_teacher
 
@@ -26,7 +27,7 @@ def test_onnx_matches_pytorch_per_utterance_on_padded_real_speech(kind, tiny_whi
     teacher = load_teacher(str(tiny_whisper_dir))
     model = students.mimic_from_teacher(teacher).as_teacher() if kind == "student" else teacher.without_layers([2])
     path = export_onnx(model, tmp_path / "m.onnx")
-    wav, lengths = real_speech_batch()  # 3.0 s, 1.2 s, 2.1 s: two of three utterances padded
+    wav, lengths, _ = real_speech_batch()  # 3.0 s, 1.2 s, 2.1 s: two of three utterances padded
     assert len(set(lengths.tolist())) == 3
     check = check_onnx(model, path, wav, lengths, rounds=1)
     assert check["max_abs_diff"] < 1e-4 and check["layers"] == model.num_layers
@@ -40,7 +41,7 @@ def test_onnx_of_a_group_norm_cnn_teacher_handles_padding(tiny_hubert_dir, tmp_p
     model = load_teacher(str(tiny_hubert_dir))
     assert model.frontend.per_utterance_cnn  # base-model CNN: group norm over each utterance's time
     path = export_onnx(model, tmp_path / "h.onnx")
-    check = check_onnx(model, path, *real_speech_batch(), rounds=1)
+    check = check_onnx(model, path, *real_speech_batch()[:2], rounds=1)
     assert check["max_abs_diff"] < 1e-4
 
 
@@ -57,13 +58,18 @@ def test_bench_reports_every_field_for_every_model(tiny_whisper_dir, tmp_path):
     folder = tmp_path / "student"
     students.mimic_from_teacher(teacher).save_pretrained(folder)
     res = run_bench(BenchCommandConfig(models=[str(tiny_whisper_dir), str(folder)], out=str(tmp_path / "b"),
-                                       seconds=[1.0, 2.0], batch_sizes=[1, 2], rounds=1, warmup=1))
+                                       seconds=[1.0, 2.0], batch_sizes=[1, 2], rounds=1, warmup=1,
+                                       memory_subprocess=False))
     saved = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert set(saved["models"]) == {tiny_whisper_dir.name, "student", "frontend"}
+    assert "recorded speech" in saved["audio"]
     keys = {"1s_x1", "1s_x2", "2s_x1", "2s_x2"}
     for name, m in saved["models"].items():
         assert set(m["seconds_per_audio_second"]) == keys and set(m["peak_rss_mb"]) == keys
         assert all(v > 0 for v in m["seconds_per_audio_second"].values())
+        for key, rtf in m["real_time_factor"].items():  # batch wall time / clip duration = batch x per-second
+            batch = int(key.split("_x")[1])
+            assert rtf == pytest.approx(batch * m["seconds_per_audio_second"][key])
         assert set(m["macs_per_audio_second"]) == {"1s", "2s"}
         assert m["params"]["total"] == m["params"]["frontend"] + m["params"]["stack"] + m["params"]["heads"]
     t, s, f = (saved["models"][k] for k in (tiny_whisper_dir.name, "student", "frontend"))
@@ -71,3 +77,10 @@ def test_bench_reports_every_field_for_every_model(tiny_whisper_dir, tmp_path):
     assert f["macs_per_audio_second"]["1s"] < s["macs_per_audio_second"]["1s"] <= t["macs_per_audio_second"]["1s"] * 1.5
     assert t["macs_per_audio_second"]["2s"] > 0 and "| student |" in (tmp_path / "b" / "bench.md").read_text()
     assert res["models"].keys() == saved["models"].keys()
+
+
+def test_peak_memory_in_a_fresh_process_grows_with_the_batch(tiny_whisper_dir):
+    from distill.bench_run import peak_rss_in_fresh_process
+
+    peaks = peak_rss_in_fresh_process(str(tiny_whisper_dir), [(2.0, 1), (20.0, 8)])
+    assert peaks["20s_x8"] > peaks["2s_x1"] >= 0  # 80x the audio: activations the kernel counted
