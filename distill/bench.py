@@ -84,8 +84,14 @@ def macs_per_audio_second(model: torch.nn.Module, seconds: float = 1.0, frontend
     if fn is None:
         raise ValueError(f"{getattr(model, 'name', model)} has no separate frontend to count")
     counter = FlopCounterMode(display=False)
-    with counter:
-        fn(wav, lengths)
+    # nn.MultiheadAttention's inference fast path is one fused op the counter does not see
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with counter:
+            fn(wav, lengths)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return counter.get_total_flops() / 2 / seconds
 
 

@@ -305,7 +305,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "best_under_a_third": None if best_small is None else {
             "name": best_small, "params_fraction_of_teacher": small[best_small]["params_fraction_of_teacher"],
             "retention_pct": small[best_small]["retention_pct"], "goal_retention_pct": 95.0,
-            "met": small[best_small]["retention_pct"] >= 95.0},
+            "met": (small[best_small]["retention_pct"] or 0.0) >= 95.0},
         "pareto_png": str(out / "pareto.png"),
         "layer_consistency": lc,
         "paper": paper,

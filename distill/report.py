@@ -127,7 +127,7 @@ def render_report(r: dict) -> str:
     b = r.get("best_under_a_third")
     if b:
         lines += [f"Best student with at most a third of the teacher's parameters: `{b['name']}` "
-                  f"({100 * b['params_fraction_of_teacher']:.1f} % of them) keeps {b['retention_pct']:.1f} % of the "
+                  f"({100 * b['params_fraction_of_teacher']:.1f} % of them) keeps {_pct(b['retention_pct']) or 'an undefined share'} of the "
                   f"teacher's KS accuracy (goal {b['goal_retention_pct']:.0f} %: "
                   f"{'met' if b['met'] else 'not met'}).", ""]
     else:

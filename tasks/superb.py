@@ -58,7 +58,12 @@ def retention_pct(student: MetricRecord | dict, teacher: MetricRecord | dict) ->
     if s is None or t is None or s.get("value") is None or t.get("value") is None:
         return None
     if s["higher_is_better"]:
+        chance = t.get("chance")
+        if chance is not None and t["value"] <= chance:
+            return None  # a reference at chance has nothing to retain
         return 100.0 * s["value"] / t["value"] if t["value"] > 0 else None
+    if t["value"] >= 1.0:
+        return None  # a reference that gets every token wrong (or worse) has nothing to retain
     if s["value"] == 0:
         return 100.0 if t["value"] == 0 else None  # no errors at all: the ratio is undefined, not infinite
     return 100.0 * t["value"] / s["value"]

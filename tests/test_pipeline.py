@@ -48,7 +48,10 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     for name in students + ["pruned-comflp"]:
         s = saved["models"][name]
         assert s["stack_compression_pct"] == pytest.approx(100 * (1 - s["params_stack"] / teacher["params_stack"]))
-        assert s["retention_pct"] == pytest.approx(100 * s["ks_test_accuracy"] / teacher["ks_test_accuracy"])
+        if teacher["ks_test_accuracy"] > saved["ks"]["chance_accuracy"]:
+            assert s["retention_pct"] == pytest.approx(100 * s["ks_test_accuracy"] / teacher["ks_test_accuracy"])
+        else:  # a tiny teacher at chance has nothing to retain
+            assert s["retention_pct"] is None
         assert s["params_frontend"] == teacher["params_frontend"] and s["describe"]
         assert load_teacher(s["path"]).num_layers == s["num_layers"]
     for name in students:  # every export loads as a teacher: plain architectures and the mimic folders alike

@@ -52,6 +52,8 @@ def test_retention_is_an_accuracy_ratio_or_an_error_rate_ratio():
     per_t = MetricRecord("pr", "per", 0.2, False, 10, units=400)
     per_s = MetricRecord("pr", "per", 0.4, False, 10, units=400)
     assert retention_pct(per_s, per_t) == pytest.approx(50.0)  # twice the errors: half the teacher
+    assert retention_pct(per_s, MetricRecord("asr", "wer", 1.0, False, 10)) is None  # the reference learnt nothing
+    assert retention_pct(acc_s, MetricRecord("ks", "accuracy", 0.1, True, 100, chance=0.25)) is None
     lo, hi = per_s.ci95
     assert lo < 0.4 < hi and hi - lo < 0.1  # over 400 phonemes, not 10 utterances
 
@@ -155,8 +157,10 @@ def test_suite_table_on_two_models_and_resume(tiny_whisper_dir, ks_corpus, fsc_c
         cell, ref = row["tasks"][task], suite["models"]["teacher"]["tasks"][task]
         assert cell["test_n"] > 0 and len(cell["ci95"]) == 2
         assert ref["retention_pct"] is None
-        if ref["value"] > 0:
+        if ref["value"] > ref["chance"]:
             assert cell["retention_pct"] == pytest.approx(100 * cell["value"] / ref["value"])
+        else:  # a reference at chance has nothing to retain
+            assert cell["retention_pct"] is None
     md = (tmp_path / "suite" / "suite.md").read_text()
     assert "| mimic |" in md and "KS ACCURACY" in md and "n = " in md
     assert (tmp_path / "suite" / "suite.png").stat().st_size > 0
