@@ -75,7 +75,9 @@ def test_bench_reports_every_field_for_every_model(tiny_whisper_dir, tmp_path):
     t, s, f = (saved["models"][k] for k in (tiny_whisper_dir.name, "student", "frontend"))
     # the frontend is part of every model: the floor of the MACs of both
     assert f["macs_per_audio_second"]["1s"] < s["macs_per_audio_second"]["1s"] <= t["macs_per_audio_second"]["1s"] * 1.5
-    assert t["macs_per_audio_second"]["2s"] > 0 and "| student |" in (tmp_path / "b" / "bench.md").read_text()
+    # attention grows with the clip: the counter must see it (fused kernels hide it otherwise)
+    assert t["macs_per_audio_second"]["2s"] > t["macs_per_audio_second"]["1s"]
+    assert "| student |" in (tmp_path / "b" / "bench.md").read_text()
     assert res["models"].keys() == saved["models"].keys()
 
 
