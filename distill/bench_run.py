@@ -14,15 +14,13 @@ pocketsphinx-testdata) tiled to each length, else seeded noise. ``bench.json`` +
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .audio import SAMPLE_RATE, real_speech_batch
-from .bench import macs_per_audio_second, model_names
+from .bench import macs_per_audio_second, model_names, seconds_per_audio_second
 from .fsutil import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -144,20 +142,13 @@ def run_bench(cfg: BenchCommandConfig) -> dict:
         for batch in cfg.batch_sizes:
             wav, lengths, _ = speech(seconds, batch)
             audio = float(lengths.sum()) / SAMPLE_RATE
-            times = {name: [] for name in callables}
-            for r in range(cfg.warmup + cfg.rounds):
-                for name, fn in callables.items():
-                    t0 = time.perf_counter()
-                    fn(wav, lengths)
-                    if r >= cfg.warmup:
-                        times[name].append(time.perf_counter() - t0)
+            per_second = seconds_per_audio_second(callables, wav, lengths, rounds=cfg.rounds, warmup=cfg.warmup)
             key = f"{seconds:g}s_x{batch}"
             for name in callables:
-                per_batch = statistics.median(times[name])
                 entry = result["models"][name]
-                entry["seconds_per_audio_second"][key] = per_batch / audio
+                entry["seconds_per_audio_second"][key] = per_second[name]
                 # the batch's clips are processed together: RTF = wall time of the batch / one clip's duration
-                entry["real_time_factor"][key] = per_batch / seconds
+                entry["real_time_factor"][key] = per_second[name] * audio / seconds
             log.info("bench %s: %s", key, {n: f"{result['models'][n]['seconds_per_audio_second'][key]:.4f}"
                                            for n in callables})
     for name, fn in callables.items():

@@ -10,6 +10,7 @@ folder (README, "SUPERB tasks").
 from __future__ import annotations
 
 import json
+from collections import Counter
 import re
 from pathlib import Path
 
@@ -84,9 +85,7 @@ class EmotionRecognition(SuperbTask):
     def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         items = kept_sessions(roots["root"])[overrides.fold + 1]
-        counts: dict[str, int] = {}
-        for _, e in items:
-            counts[e] = counts.get(e, 0) + 1
+        counts = Counter(e for _, e in items)
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(items), chance=majority_rate(counts.values()),
                             extra={"fold": overrides.fold, "test_session": overrides.fold + 1, "test_loss": test.get("loss")})

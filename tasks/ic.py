@@ -7,6 +7,7 @@ accuracy). The recipe's pandas-2 call is patched in :mod:`tasks.s3prl_compat`.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 from .superb import MetricRecord, RecipeOverrides, SuperbTask, majority_rate, read_yaml, require
@@ -68,9 +69,7 @@ class IntentClassification(SuperbTask):
     def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         rows = read_rows(roots["test_csv"])
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[intent(r)] = counts.get(intent(r), 0) + 1
+        counts = Counter(intent(r) for r in rows)
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(rows), chance=majority_rate(counts.values()),
                             extra={"intents": len(counts), "test_loss": test.get("loss")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections import Counter
 from pathlib import Path
 
 from .superb import MetricRecord, RecipeOverrides, SuperbTask, majority_rate, read_yaml, require
@@ -47,10 +48,7 @@ class SpeakerIdentification(SuperbTask):
         rows = read_split(split_file)
         if not rows:
             raise ValueError(f"{split_file} is empty\nexpected layout:\n{SID_LAYOUT}")
-        found: dict[str, int] = {}
-        for p in root.glob("*/wav/*/*/*.wav"):
-            uid = p.relative_to(p.parents[2]).as_posix()
-            found[uid] = found.get(uid, 0) + 1
+        found = Counter(p.relative_to(p.parents[2]).as_posix() for p in root.glob("*/wav/*/*/*.wav"))
         twice = [uid for uid, n in found.items() if n > 1]
         if twice:
             raise ValueError(f"{len(twice)} files are under more than one of {root}/*/wav/ (first: {twice[0]}); "
@@ -83,9 +81,7 @@ class SpeakerIdentification(SuperbTask):
     def read_result(self, target_dir: Path, roots: dict[str, Path], overrides: RecipeOverrides) -> MetricRecord:
         test = read_yaml(target_dir / "evaluate" / "valid_best" / "test" / "result.yaml")
         rows = [uid for code, uid in read_split(roots["split"]) if code == 3]
-        per_speaker: dict[str, int] = {}
-        for uid in rows:
-            per_speaker[uid.split("/")[0]] = per_speaker.get(uid.split("/")[0], 0) + 1
+        per_speaker = Counter(uid.split("/")[0] for uid in rows)
         return MetricRecord(task=self.name, metric=self.metric, value=float(test["accuracy"]), higher_is_better=True,
                             test_n=len(rows), chance=majority_rate(per_speaker.values()),
                             extra={"speakers": len(per_speaker), "test_loss": test.get("loss")})
