@@ -88,7 +88,8 @@ def list_audio(source: str | Path | list) -> tuple[list[AudioItem], list[SkipRec
     """Enumerate the utterances of a folder tree or a ``.tsv`` manifest, sorted by path.
 
     ``source`` may also be a list of such sources, concatenated in order.
-    Returns ``(items, skipped)``: files whose header cannot be read are skipped with a reason.
+    Returns ``(items, skipped)``: files whose header cannot be read or says 0 samples are
+    skipped (and logged) with a reason.
     Raises ``ValueError`` when a source does not exist or holds no audio at all.
     """
     if isinstance(source, (list, tuple)):
@@ -116,6 +117,9 @@ def list_audio(source: str | Path | list) -> tuple[list[AudioItem], list[SkipRec
                 frames, rate = audio_info(p)
             except AudioError as err:
                 skipped.append(SkipRecord(err.path, err.reason))
+                continue
+            if frames == 0:  # nothing to train on: skipped here, as load_audio would skip it
+                skipped.append(SkipRecord(str(p), "empty audio (0 samples)"))
                 continue
             n = int(round(frames * SAMPLE_RATE / rate))
             items.append(AudioItem(str(p), n, texts.get(str(p.with_suffix("")))))

@@ -4,8 +4,14 @@ the teacher's own outputs, and training from it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +21,8 @@ import torch
 
 from distill.audio import SAMPLE_RATE
 from distill.batches import BatchPlan, CachedSource, OnlineSource
-from distill.cache import CacheConfig, CacheSpec, TargetCache, prepare_cache
+from distill.cache import (PROBE_BLOCK, CacheBuildConfig, CacheConfig, CacheDamaged, CacheSpec, TargetCache,
+                          cache_base, prepare_cache, probe_file, run_cache_build)
 from distill.data import list_audio, load_segments, split_items
 from distill.teacher import load_teacher
 from distill.train import DistillConfig, TrainConfig, distill
@@ -23,6 +30,7 @@ from students.mimic import MimicOptions
 from students.registry import StudentSpec, build_student
 
 from .conftest import save_tiny_model
+from .procs import cli, kill
 
 CROP, MIN = int(1.5 * SAMPLE_RATE), 1600
 
@@ -156,7 +164,7 @@ def test_bad_files_are_skipped_and_counted_in_build_and_training(teacher, corpus
     assert [Path(p).name for p in cache.manifest["skipped"]] == ["nan.wav"]  # broken.wav: never listed
     summary = distill(_train_cfg(teacher.name, corpus, tmp_path / "run", tmp_path / "cache", cache=True))
     assert {Path(p).name for p in summary["skipped"]} == {"broken.wav", "nan.wav"}
-    assert summary["files_used"] == summary["files_listed"] - 1
+    assert summary["files_skipped"] == 2 and summary["files_listed"] == summary["files_used"] + 2
 
 
 def _train_cfg(teacher: str, data: Path, out: Path, cache_root: Path, cache: bool, steps: int = 40) -> DistillConfig:
@@ -259,3 +267,302 @@ def test_a_teacher_of_another_architecture_caches_too(tmp_path, corpus):
     _, states, _ = hubert.features_and_states(wav[None])
     torch.testing.assert_close(torch.from_numpy(np.array(cache.read(0)[:, cache.slot(3)])).float(), states[3][0],
                                rtol=2e-3, atol=2e-3)
+
+
+# -- damage, locks, counts ------------------------------------------------------------------------
+
+def _segments(cache: TargetCache) -> list[np.ndarray]:
+    """Every segment's targets, copied out of the mapped files."""
+    return [np.array(cache.read(i)) for i in range(len(cache))]
+
+
+def _build_command(teacher, data: Path, root: Path, **cache_kw) -> dict:
+    """``cache build`` in this process (the summary it prints), holding what :func:`_spec` holds."""
+    return run_cache_build(CacheBuildConfig(teacher=teacher.name, data=[str(data)], layers=[1, 3], crop_seconds=1.5,
+                                            min_seconds=MIN / SAMPLE_RATE, cache=_cfg(root, **cache_kw)), teacher)
+
+
+def _warnings(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+@pytest.mark.parametrize("damage", ["truncated to half", "missing", "index overwritten"])
+def test_a_damaged_shard_is_detected_named_and_rebuilt_alone(teacher, corpus, tmp_path, caplog, damage):
+    cache = _build(teacher, corpus, tmp_path / "cache")
+    folder, index, before = cache.folder, cache.index.copy(), _segments(cache)
+    assert len(cache.manifest["shards"]) >= 3
+    del cache  # nothing may stay mapped over a file cut short
+    data, npy = folder / "shard_00001.f16", folder / "shard_00001.npy"
+    if damage == "truncated to half":
+        size = data.stat().st_size
+        data.write_bytes(data.read_bytes()[: size // 2])
+        victim, reason = data, f"size {size // 2} bytes, expected {size}"
+    elif damage == "missing":
+        data.unlink()
+        victim, reason = data, "missing"
+    else:
+        npy.write_bytes(b"x" * npy.stat().st_size)
+        victim, reason = npy, "index unreadable"
+    with pytest.raises(CacheDamaged) as err:
+        TargetCache(folder)  # opening finds it: nothing maps a short file
+    assert list(err.value.damaged) == ["shard_00001"] and reason in err.value.damaged["shard_00001"]
+    assert f"{victim}: {reason}" in str(err.value)
+    files = _files(folder)
+
+    with caplog.at_level(logging.WARNING, logger="distill.cache"):
+        if damage == "missing":  # the command repairs it too, and says so
+            summary = _build_command(teacher, corpus, tmp_path / "cache")
+            assert not summary["reused"] and list(summary["repaired"]) == ["shard_00001"]
+            repaired = TargetCache(summary["folder"])
+        else:
+            repaired = _build(teacher, corpus, tmp_path / "cache")
+            assert not repaired.reused and list(repaired.repaired) == ["shard_00001"]
+    assert f"{victim}: {reason}" in _warnings(caplog)
+    assert repaired.folder == folder
+    changed = {name for name, mtime in _files(folder).items() if files.get(name) != mtime}
+    assert changed == {"shard_00001.f16", "shard_00001.npy", "shard_00001.json", "manifest.json", "plan.json"}
+    assert not (folder / "repair.json").exists() and not list(folder.parent.glob(".*.lock"))
+    np.testing.assert_array_equal(repaired.index, index)
+    for a, b in zip(_segments(repaired), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _build(teacher, corpus, tmp_path / "cache").reused
+
+
+def test_a_flipped_byte_inside_a_probed_block_is_caught(teacher, corpus, tmp_path):
+    """Same size, one byte changed in the first 64 KiB block of the data (small shards are probed whole)."""
+    cache = _build(teacher, corpus, tmp_path / "cache")
+    folder, before = cache.folder, _segments(cache)
+    del cache
+    data = folder / "shard_00001.f16"
+    raw = bytearray(data.read_bytes())
+    raw[min(len(raw) // 2, PROBE_BLOCK // 2)] ^= 0x40
+    data.write_bytes(bytes(raw))
+    with pytest.raises(CacheDamaged, match="checksum mismatch") as err:
+        TargetCache(folder)
+    assert str(data) in str(err.value)
+    repaired = _build(teacher, corpus, tmp_path / "cache")
+    for a, b in zip(_segments(repaired), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_shard_checksum_samples_blocks(tmp_path):
+    """What the cheap checksum sees: the size and 16 evenly spaced 64 KiB blocks (first and last), not the gaps."""
+    path = tmp_path / "big.f16"
+    raw = bytearray(np.random.default_rng(0).integers(0, 256, 64 * PROBE_BLOCK, dtype=np.uint8).tobytes())
+    path.write_bytes(bytes(raw))
+    probe = probe_file(path)
+
+    def flipped(pos: int) -> str:
+        changed = bytearray(raw)
+        changed[pos] ^= 1
+        path.write_bytes(bytes(changed))
+        return probe_file(path)
+
+    step = (len(raw) - PROBE_BLOCK) // 15  # where blocks 0..15 start
+    assert flipped(10) != probe and flipped(len(raw) - 1) != probe and flipped(7 * step + 5) != probe
+    assert flipped(PROBE_BLOCK + 10) == probe  # between blocks 0 and 1: unseen (the checksum is sampled)
+    path.write_bytes(bytes(raw[:-1]))
+    assert probe_file(path) != probe  # any change of size is seen
+
+
+def test_a_partial_build_is_never_marked_complete(teacher, corpus, tmp_path, monkeypatch):
+    """Another build taking over plan.json, or a shard gone before the manifest: an error, no manifest."""
+    import distill.cache as cache_mod
+
+    original = cache_mod._ShardWriter.commit
+    for what in ("another build", "shard gone"):
+        def meddled(self, skipped, rank=0, what=what):
+            original(self, skipped, rank)
+            if self.name == "shard_00002" and what == "another build":
+                plan = json.loads((self.folder / "plan.json").read_text())
+                (self.folder / "plan.json").write_text(json.dumps({**plan, "build_id": "someone-else"}))
+            elif self.name == "shard_00002":
+                (self.folder / "shard_00000.f16").unlink()
+
+        monkeypatch.setattr(cache_mod._ShardWriter, "commit", meddled)
+        match = "now belongs to another build" if what == "another build" else "shard_00000.f16: missing"
+        with pytest.raises(ValueError, match=match):
+            _build(teacher, corpus, tmp_path / what)
+        folder = next((tmp_path / what).glob("*/*/plan.json")).parent
+        assert not (folder / "manifest.json").exists() and not list(folder.parent.glob(".*.lock"))
+    monkeypatch.setattr(cache_mod._ShardWriter, "commit", original)
+    for what in ("another build", "shard gone"):
+        completed = _build(teacher, corpus, tmp_path / what)  # the next build completes it
+        assert not completed.reused and len(completed) > 0
+
+
+def _command_spec() -> CacheSpec:
+    """What ``cache build --crop_seconds 1.5`` holds with the tiny 3-layer teacher."""
+    return CacheSpec((1, 2, 3), True, CROP, MIN)
+
+
+def _command(tiny_whisper_dir: Path, data: Path, root: Path, *flags: str) -> subprocess.Popen:
+    return cli(["cache", "build", "--teacher", str(tiny_whisper_dir), "--data", str(data), "--cache.root", str(root),
+                "--crop_seconds", "1.5", *flags])
+
+
+def _outcome(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(proc)
+        pytest.fail("cache build timed out")
+    return proc.returncode, out, err
+
+
+def _hold_lock(teacher, corpus: Path, root: Path, pid: int, host: str | None = None) -> tuple[Path, Path]:
+    """Write the lock of the command's cache as process ``pid`` would; returns (lock file, variant folder)."""
+    items, _ = list_audio(corpus)
+    spec = _command_spec()
+    base = cache_base(teacher, items, spec, root)
+    base.mkdir(parents=True, exist_ok=True)
+    lock = base / f".{spec.variant()}.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(), "started": "2024-05-01T10:00:00"}))
+    return lock, base / spec.variant()
+
+
+def test_a_held_lock_makes_a_second_build_refuse_or_wait(teacher, tiny_whisper_dir, corpus, tmp_path, caplog):
+    root = tmp_path / "cache"
+    lock, folder = _hold_lock(teacher, corpus, root, os.getpid())  # this test's own process: alive
+    code, _, err = _outcome(_command(tiny_whisper_dir, corpus, root, "--cache.lock_wait_seconds", "0"))
+    assert code == 2
+    assert (f"cache {folder} is being built by pid {os.getpid()} on host {socket.gethostname()} since "
+            f"2024-05-01T10:00:00") in err and "cache.lock_wait_seconds=0" in err and str(lock) in err
+    assert sorted(p.name for p in folder.parent.iterdir()) == [lock.name]  # nothing written
+
+    items, _ = list_audio(corpus)
+    cfg = _cfg(root, lock_wait_seconds=1.5)  # in this process: waits, saying so once, then gives up
+    with caplog.at_level(logging.WARNING, logger="distill.cache"), \
+            pytest.raises(ValueError, match="gave up after waiting 1.5 s") as gave_up:
+        prepare_cache(teacher, items, _command_spec(), cfg, progress=False)
+    assert f"remove {lock} if that process is gone" in str(gave_up.value)
+    waiting = [r for r in caplog.records if "waiting (cache.lock_wait_seconds=1.5)" in r.getMessage()]
+    assert len(waiting) == 1 and f"is being built by pid {os.getpid()}" in waiting[0].getMessage()
+    assert not folder.exists()
+
+
+def test_a_waiting_build_reuses_what_the_holder_finished(teacher, tiny_whisper_dir, corpus, tmp_path):
+    root = tmp_path / "cache"
+    items, _ = list_audio(corpus)
+    built = prepare_cache(teacher, items, _command_spec(), _cfg(root), progress=False)
+    folder, files = built.folder, _files(built.folder)
+    (folder / "manifest.json").rename(tmp_path / "manifest.json")  # as if the holder were still building
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        lock, _ = _hold_lock(teacher, corpus, root, holder.pid)
+        second = _command(tiny_whisper_dir, corpus, root, "--cache.lock_wait_seconds", "240")
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(second.stderr), daemon=True)
+        reader.start()
+        deadline = time.time() + 240
+        while not any("waiting (cache.lock_wait_seconds=240)" in line for line in lines):
+            assert second.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        assert any(f"being built by pid {holder.pid}" in line for line in lines)
+        (tmp_path / "manifest.json").rename(folder / "manifest.json")  # the holder finishes
+        lock.unlink()
+    finally:
+        holder.kill()
+        holder.wait()
+    try:
+        out = second.stdout.read()
+        assert second.wait(timeout=240) == 0, "".join(lines)[-3000:]
+    finally:
+        kill(second)
+    reader.join(timeout=10)
+    summary = json.loads(out)
+    assert summary["reused"] and summary["folder"] == str(folder)
+    assert _files(folder) == files  # no shard rewritten
+
+
+def test_a_stale_lock_is_taken_over_and_one_of_another_host_is_not(teacher, corpus, tmp_path, caplog):
+    root = tmp_path / "cache"
+    items, _ = list_audio(corpus)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock, folder = _hold_lock(teacher, corpus, root, gone.pid, host="another-host")
+    with pytest.raises(ValueError, match=f"pid {gone.pid} on host another-host"):  # cannot tell: not stale
+        prepare_cache(teacher, items, _command_spec(), _cfg(root, lock_wait_seconds=0), progress=False)
+    lock, folder = _hold_lock(teacher, corpus, root, gone.pid)  # a dead process of this host
+    with caplog.at_level(logging.WARNING, logger="distill.cache"):
+        cache = prepare_cache(teacher, items, _command_spec(), _cfg(root, lock_wait_seconds=0), progress=False)
+    assert f"{lock}: a stale lock (left by pid {gone.pid} on host {socket.gethostname()}" in _warnings(caplog)
+    assert cache.folder == folder and not cache.reused and not lock.exists()
+
+
+def _assert_equal_to_the_teacher(cache: TargetCache, teacher, items) -> None:
+    for i, (item, start, samples, frames, _) in enumerate(cache.index.tolist()):
+        wav = load_segments(items[item], [(start, samples)], MIN)[0]
+        feats, states, fl = teacher.features_and_states(wav[None])
+        assert int(fl[0]) == frames
+        stored = torch.from_numpy(np.array(cache.read(i))).float()
+        for slot, online in zip(cache.slots, (feats, *states[1:])):
+            torch.testing.assert_close(stored[:, cache.slot(slot)], online[0], rtol=2e-3, atol=2e-3)
+
+
+def test_two_concurrent_builds_with_different_shard_sizes_leave_one_correct_cache(teacher, tiny_whisper_dir,
+                                                                                   corpus, tmp_path):
+    root = tmp_path / "cache"
+    procs = [_command(tiny_whisper_dir, corpus, root, "--cache.shard_mb", mb) for mb in ("0.05", "0.02")]
+    outcomes = [_outcome(p) for p in procs]
+    assert [code for code, _, _ in outcomes] == [0, 0], outcomes[0][2][-2000:] + outcomes[1][2][-2000:]
+    summaries = [json.loads(out) for _, out, _ in outcomes]
+    assert sorted(s["reused"] for s in summaries) == [False, True]  # one built it, the other waited and reused it
+    assert summaries[0]["folder"] == summaries[1]["folder"]
+    cache = TargetCache(summaries[0]["folder"])
+    assert len(list(root.glob("*/*/manifest.json"))) == 1 and not list(root.glob("*/.*.lock"))
+    items, _ = list_audio(corpus)
+    assert sorted(set(cache.index[:, 0].tolist())) == list(range(len(items)))
+    _assert_equal_to_the_teacher(cache, teacher, items)
+
+
+def test_distributed_ranks_agree_on_a_repaired_cache(teacher, corpus, tmp_path):
+    """Two ranks (threads with a barrier): rank 0 alone invalidates; the damaged shard is rebuilt once."""
+    cache = _build(teacher, corpus, tmp_path / "cache")
+    folder, before = cache.folder, _segments(cache)
+    del cache
+    (folder / "shard_00001.f16").write_bytes(b"")
+    items, _ = list_audio(corpus)
+    barrier = threading.Barrier(2, timeout=120)
+    results: dict[int, object] = {}
+
+    def rank(r: int) -> None:
+        try:
+            results[r] = prepare_cache(teacher, items, _spec(), _cfg(tmp_path / "cache"), r, 2, barrier.wait,
+                                       progress=False)
+        except BaseException as exc:  # reported below, with the other rank's result
+            results[r] = exc
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert all(isinstance(results.get(r), TargetCache) for r in (0, 1)), results
+    assert results[0].folder == results[1].folder == folder
+    assert list(results[0].repaired) == list(results[1].repaired) == ["shard_00001"]
+    assert json.loads((folder / "shard_00001.json").read_text())["built_by"] == 1  # shard k on rank k mod 2
+    for a, b in zip(_segments(results[1]), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cache_build_counts_every_file_once(teacher, corpus, tmp_path):
+    """Good files, a non-audio .wav, an empty one, a NaN one, a too short one: listed = used + skipped."""
+    good = len(list(corpus.rglob("*.flac")))
+    (corpus / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    sf.write(corpus / "empty.wav", np.zeros(0, np.float32), 16000)
+    nan = 0.1 * np.ones(16000, np.float32)
+    nan[5] = np.nan
+    sf.write(corpus / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(corpus / "short.wav", 0.1 * np.ones(160, np.float32), 16000)
+    bad = {"corrupt.wav", "empty.wav", "nan.wav", "short.wav"}
+    for run in ("built", "reused"):
+        summary = _build_command(teacher, corpus, tmp_path / "cache")
+        assert summary["reused"] == (run == "reused")
+        assert {Path(p).name for p in summary["skipped"]} == bad and summary["files_skipped"] == 4
+        assert summary["files_used"] == good and summary["files_listed"] == good + 4
+        assert summary["files_listed"] == summary["files_used"] + summary["files_skipped"]
+    trained = distill(_train_cfg(teacher.name, corpus, tmp_path / "run", tmp_path / "cache", cache=True, steps=2))
+    assert {k: trained[k] for k in ("files_listed", "files_used", "files_skipped")} == \
+        {k: summary[k] for k in ("files_listed", "files_used", "files_skipped")}
