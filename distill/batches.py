@@ -71,9 +71,10 @@ class BatchPlan:
 
 
 class _Source:
-    """What both sources share: samplers, epochs, loaders."""
+    """What both sources share: samplers, epochs, loaders, the held-out files found bad."""
 
     kind = ""
+    valid_skipped: dict[str, str]
     train_ds: Dataset
     valid_ds: Dataset
     sampler: LengthBucketBatchSampler
@@ -95,7 +96,10 @@ class _Source:
             yield self.prepare(raw)
 
     def valid_batches(self):
+        """This rank's held-out batches; files found bad are noted in ``valid_skipped`` (path -> reason)."""
         for raw in self._loader(self.valid_ds, self.valid_sampler, self.collate):
+            for s in raw.get("skipped", []):
+                self.valid_skipped[s.path] = s.reason
             batch = self.prepare(raw)
             if not batch.empty:
                 yield batch
@@ -110,6 +114,7 @@ class OnlineSource(_Source):
                  crop_samples: int, min_samples: int, share_frontend: bool, device, num_workers: int = 0,
                  targets: bool = True):
         self.teacher, self.share_frontend, self.device, self.num_workers = teacher, share_frontend, device, num_workers
+        self.valid_skipped = {}
         self.targets = targets  # False: the frontend output alone (classification), no teacher states
         self.train_ds = AudioDataset(train_items, crop_samples, min_samples, True, plan.seed)
         self.valid_ds = AudioDataset(valid_items, crop_samples, min_samples, False, plan.seed)
@@ -192,6 +197,7 @@ class CachedSource(_Source):
                  valid_ids: list[int], plan: BatchPlan, layers: list[int], share_frontend: bool, device,
                  num_workers: int = 0):
         self.cache, self.device, self.num_workers, self.share_frontend = cache, device, num_workers, share_frontend
+        self.valid_skipped = {}
         self.final_norm, self.num_layers = teacher.final_norm, teacher.num_layers
         self.layers = sorted(set(layers))
         self.slots = ([FEATURES] if share_frontend else []) + self.layers

@@ -11,10 +11,12 @@ import json
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 import yaml
 
 from .config import add_config_arguments, config_from_args, to_dict
+from .fsutil import remove_if_empty
 
 
 def _commands():
@@ -116,7 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(cls, args)
         if getattr(args, "positional_models", None):
             cfg.models = list(args.positional_models)
-        result = fn(cfg)
+        out = Path(cfg.out) if isinstance(getattr(cfg, "out", None), str) and cfg.out else None
+        existed = out is not None and out.exists()
+        try:
+            result = fn(cfg)
+        except BaseException:
+            if out is not None and not existed:  # failed before doing work: leave no empty folder behind
+                remove_if_empty(out)
+            raise
     except ValueError as err:
         print(f"stackdistill {command}: error: {err}", file=sys.stderr)
         return 2

@@ -34,6 +34,9 @@ def _strip_optional(tp) -> tuple[Any, bool]:
     return tp, False
 
 
+_YAML_TRUE, _YAML_FALSE = ("yes", "on", "true", "y"), ("no", "off", "false", "n")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert ``value`` (parsed YAML) to the annotated type ``tp``."""
     tp, optional = _strip_optional(tp)
@@ -59,6 +62,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and value not in allowed:  # YAML 1.1 reads no/off/yes/on as booleans
+            spelled = [a for a in allowed if isinstance(a, str) and a.lower() in (_YAML_TRUE if value else _YAML_FALSE)]
+            value = spelled[0] if len(spelled) == 1 else value
         if value not in allowed:
             raise ValueError(f"config field {where!r} must be one of {allowed}, got {value!r}")
         return value

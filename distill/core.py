@@ -87,6 +87,24 @@ def count_params(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
+class NonFiniteError(ValueError):
+    """A tensor about to be saved or exported holds NaN or infinite values."""
+
+
+def require_finite(tensors: "nn.Module | dict[str, torch.Tensor]", what: str) -> None:
+    """Raise :class:`NonFiniteError` naming the first tensor of ``tensors`` that holds NaN or inf.
+
+    ``tensors``: a module (its state dict) or a name -> tensor mapping; ``what``: what is being
+    written (``"checkpoint step_40: model"``), for the message. Non-float tensors are skipped.
+    """
+    items = tensors.state_dict().items() if isinstance(tensors, nn.Module) else tensors.items()
+    for name, t in items:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(f"{what}: tensor {name!r} {tuple(t.shape)} holds {bad} NaN or infinite values; "
+                                 "refusing to write non-finite weights (the training diverged)")
+
+
 def autocast_for(dtype: torch.dtype | None, device: torch.device):
     """Autocast context for a reduced-precision forward pass; a no-op for float32/None."""
     if dtype in (None, torch.float32):

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .fsutil import atomic_dir, write_text_atomic
+from .core import require_finite
+from .fsutil import atomic_dir, claim_run_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ExportConfig:
     format: Literal["hf", "onnx"] = field(default="hf", metadata={
         "help": "hf (Hugging Face folder; students) or onnx (model.onnx + check.json; any model)"})
     depth: int = field(default=0, metadata={"help": "shared students: depth to export (0: the student's own)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing folder at out (else refused)"})
 
 
 def student_folder(path: str | Path) -> Path:
@@ -185,6 +187,7 @@ def export_student(student, out: str | Path, depth: int | None = None, extra: di
     from students.hf_layers import HFLayerStudent
 
     out = Path(out)
+    require_finite(student, f"exporting {student.name} to {out}")
     if isinstance(student, HFLayerStudent):
         card_extra = dict(extra or {})
         if depth:
@@ -227,9 +230,11 @@ def export(cfg: ExportConfig) -> Path:
     if cfg.format not in ("hf", "onnx"):
         raise ValueError(f"unknown export format {cfg.format!r}; available: hf, onnx")
     if cfg.format == "onnx":
+        claim_run_folder(cfg.out, overwrite=cfg.overwrite)
         return export_onnx_folder(cfg.model, cfg.out)
     if cfg.depth < 0:
         raise ValueError(f"depth must be positive (or 0: the student's own), got {cfg.depth}")
+    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
     return export_student(load_student(cfg.model), cfg.out, cfg.depth or None)
 
 
@@ -245,6 +250,7 @@ def export_onnx_folder(spec: str, out: str | Path) -> Path:
     from .teacher import load_teacher
 
     model = load_teacher(spec)
+    require_finite(model, f"exporting {spec} to {out}")
     with atomic_dir(Path(out)) as tmp:
         path = export_onnx(model, tmp / "model.onnx")
         wav, lengths, audio = real_speech_batch(fallback=True)

@@ -57,6 +57,7 @@ class FinetuneConfig:
     data: str = field(default="", metadata={"help": "corpus root (ks: Speech Commands v0.01; sid: VoxCeleb1)"})
     test_data: str = field(default="", metadata={"help": "test root (ks: default <data>/test)"})
     out: str = field(default="runs/finetune", metadata={"help": "run folder"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     head_only: bool = field(default=False, metadata={"help": "train the head alone (the stack stays frozen)"})
     head_from: str = field(default="", metadata={"help": "classifier folder whose head starts this one"})
     proj_size: int = field(default=PROJ_SIZE, metadata={"help": "head projector width (Hugging Face's 256)"})
@@ -127,15 +128,17 @@ def _saver(model, head: ClassificationHead, labels: list[str], stack: bool):
 
 def finetune_model(model, corpus: LabelledCorpus, out: Path, t: TrainConfig, cache: CacheConfig | None = None,
                    head: ClassificationHead | None = None, head_only: bool = False, stack: bool = True,
-                   config=None, test_set: "FrontendTestSet | None" = None) -> dict:
+                   config=None, test_set: "FrontendTestSet | None" = None, overwrite: bool = False) -> dict:
     """Train ``model`` (+ ``head``, new if ``None``) on ``corpus``; writes the run folder and ``test.json``.
 
     ``stack=False``: a linear classifier on the frontend output (the paper's CNN-features baseline).
     ``test_set``: the test split's frontend output computed once, to score with (else it is run).
+    ``overwrite``: write over an earlier run in ``out`` (else refused unless ``t.resume``).
     Returns the summary with ``test`` (accuracy, size, 95 % interval) of the best checkpoint.
     """
     out = Path(out)
-    acc = make_accelerator(out, t, find_unused_parameters=True)  # e.g. a DistilHuBERT student's idle heads
+    # find_unused_parameters: e.g. a DistilHuBERT student's idle heads
+    acc = make_accelerator(out, t, find_unused_parameters=True, overwrite=overwrite)
     labels = corpus.labels
     if head is None:
         head = ClassificationHead(model.info.dim, len(labels), PROJ_SIZE if stack else 0)
@@ -275,7 +278,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             raise ValueError(f"{cfg.model} was trained on labels {model.labels}, the corpus has {corpus.labels}")
     if head is None:
         head = ClassificationHead(model.info.dim, len(corpus.labels), cfg.proj_size)
-    return finetune_model(model, corpus, Path(cfg.out), cfg.train, cfg.cache, head, cfg.head_only, config=cfg)
+    return finetune_model(model, corpus, Path(cfg.out), cfg.train, cfg.cache, head, cfg.head_only, config=cfg,
+                          overwrite=cfg.overwrite)
 
 
 def _copy_head(head: ClassificationHead) -> ClassificationHead:

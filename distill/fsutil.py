@@ -1,9 +1,14 @@
-"""Atomic writes: a file or folder appears complete or not at all (temp + rename)."""
+"""Atomic writes (a file or folder appears complete or not at all: temp + rename) and run folders.
+
+:func:`claim_run_folder` is the one rule every command that writes a run folder follows: an
+earlier run in ``--out`` is never replaced by accident.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -42,3 +47,37 @@ def atomic_dir(path: str | Path):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def claim_run_folder(out: str | Path, overwrite: bool = False, resume: bool = False,
+                     resume_flag: str | None = None) -> None:
+    """Refuse to write a new run into ``out`` when it already holds one (``ValueError``, nothing written).
+
+    ``out`` may be missing or empty; otherwise the run only goes ahead when it continues the
+    earlier one (``resume``) or the user said ``--overwrite true``. ``resume_flag``: how this
+    command continues a run, for the message (``None``: it cannot).
+    """
+    out = Path(out)
+    if resume or not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if not held:
+        return
+    if overwrite:
+        logging.getLogger(__name__).warning("--overwrite true: writing a new run over the earlier one in %s", out)
+        return
+    shown = ", ".join(held[:6]) + (", ..." if len(held) > 6 else "")
+    ways = (f"continue it with {resume_flag}, " if resume_flag else "") + "choose another --out, or replace it " \
+        "with --overwrite true"
+    raise ValueError(f"{out} already holds a run ({shown}); refusing to overwrite it: {ways}")
+
+
+def remove_if_empty(folder: str | Path) -> bool:
+    """Remove ``folder`` when it holds no file at all (only empty sub-folders); whether it did."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True

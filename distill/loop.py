@@ -13,7 +13,15 @@ split between processes and ``train.grad_accum``), frozen modules stay outside `
 (DDP would reject a module without trainable parameters), and only the trainable part is
 wrapped. Logged losses are averaged over every process; files are written by the main process
 only. ``train.resume true`` restores model, optimizer, scheduler, RNG and the position in the
-epoch from the newest complete checkpoint, also after a SIGKILL.
+epoch from the newest intact checkpoint, also after a SIGKILL (:mod:`distill.checkpoints`).
+
+Divergence is caught here, once, for every objective and student kind: a step whose loss or
+gradient is not finite on any process (the flag is reduced over processes, so every rank
+agrees) applies no update (under fp16 the gradient scaler skips it and lowers its scale);
+``train.nonfinite_patience`` such steps in a row stop the run with one line saying what to
+try (:class:`TrainingDiverged`, a ``ValueError``: the CLI exits non-zero). A non-finite
+validation score is never the best, and nothing non-finite is ever written: checkpoints,
+``best/`` and ``last/`` refuse NaN or infinite tensors (:func:`distill.core.require_finite`).
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from tqdm import tqdm
 
 from .checkpoints import CheckpointManager, TrainerState
 from .config import to_dict
-from .fsutil import atomic_dir, write_json_atomic, write_text_atomic
+from .core import require_finite
+from .fsutil import atomic_dir, claim_run_folder, write_json_atomic, write_text_atomic
 from .plots import curves
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,8 @@ class TrainConfig:
     teacher_dtype: Literal["float32", "bfloat16"] = field(
         default="float32", metadata={"help": "teacher forward dtype: float32 or bfloat16"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    nonfinite_patience: int = field(
+        default=8, metadata={"help": "consecutive steps with a NaN/inf loss or gradient (update skipped) that stop the run"})
     loss: Literal["auto", "mse", "l1_cos"] = field(
         default="auto", metadata={"help": "distillation: auto (the student kind's own), mse, or l1_cos (DistilHuBERT)"})
     valid_fraction: float = field(default=0.05, metadata={"help": "share of utterances held out"})
@@ -117,23 +128,45 @@ class Run:
                 f.write(json.dumps({"step": step, **row}) + "\n")
 
     def export(self, name: str, step: int) -> None:
+        """``best/`` or ``last/`` from the trained model; refuses non-finite weights (nothing written)."""
+        require_finite(self.acc.unwrap_model(self.model), f"{self.out / name}")
         if self.main:
             with atomic_dir(self.out / name) as tmp:
                 self.objective.save(tmp)
             self.log_event(step, {"event": "export", "path": name})
 
 
-def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = False):
-    """The run's Accelerator (TensorBoard under ``out/tb``), seeded; makes ``out`` on the main process."""
+class TrainingDiverged(ValueError):
+    """The loss or the gradients stayed non-finite for ``train.nonfinite_patience`` steps."""
+
+
+def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = False, overwrite: bool = False):
+    """The run's Accelerator (TensorBoard under ``out/tb``), seeded; makes ``out`` on the main process.
+
+    Refuses (``ValueError``, nothing written) when ``out`` already holds a run, unless
+    ``t.resume`` or ``overwrite`` (:func:`distill.fsutil.claim_run_folder`); every process checks
+    before any writes.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
     if t.grad_accum < 1:
         raise ValueError(f"train.grad_accum must be at least 1, got {t.grad_accum}")
+    if t.nonfinite_patience < 1:
+        raise ValueError(f"train.nonfinite_patience must be at least 1, got {t.nonfinite_patience}")
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", t.mixed_precision) != t.mixed_precision:
+        # another run in this process used another precision (a pipeline's stages, a library user):
+        # Accelerate keeps one per process, so forget it (the distributed set-up is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=t.mixed_precision, log_with="tensorboard",
                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tb")),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
     set_seed(t.seed)
+    claim_run_folder(out, overwrite=overwrite, resume=t.resume, resume_flag="--train.resume true")
+    acc.wait_for_everyone()
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     return acc
@@ -156,8 +189,8 @@ def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
     optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
     model, optimizer = acc.prepare(trainable, optimizer)
-    # stepped once per update on every rank (a prepared scheduler would step num_processes times)
-    acc.register_for_checkpointing(scheduler)
+    # stepped once per update on every rank (a prepared scheduler would step num_processes times);
+    # checkpointed by distill.checkpoints as JSON, never through Accelerate's pickles
     return model, optimizer, scheduler
 
 
@@ -169,7 +202,10 @@ class _LossWindow:
         self.counts: dict[str, int] = {}
 
     def add(self, loss: float, logs: dict) -> None:
+        """One batch's figures; non-finite ones are left out (the step's update was skipped)."""
         for k, v in {"train_loss": loss, **logs}.items():
+            if not math.isfinite(v):
+                continue
             self.sums[k] = self.sums.get(k, 0.0) + v
             self.counts[k] = self.counts.get(k, 0) + 1
 
@@ -186,6 +222,9 @@ class _LossWindow:
 
 
 def _better(run: Run, value: float, best: float | None) -> bool:
+    """Whether ``value`` beats ``best``; a non-finite score never does."""
+    if not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value > best if run.objective.higher_is_better else value < best
@@ -194,20 +233,22 @@ def _better(run: Run, value: float, best: float | None) -> bool:
 def train_loop(run: Run) -> dict:
     """Train until ``train.max_steps`` (resuming if asked); writes and returns the summary."""
     t, acc = run.train, run.acc
+    run.checkpoints.attach(run.model, run.optimizer, run.scheduler)
     state = run.checkpoints.resume() if t.resume else None
     if state is None:
         if t.resume:
-            log.warning("resume requested but %s holds no complete checkpoint: starting fresh", run.checkpoints.root)
-        else:
+            log.warning("resume requested but %s holds no checkpoint: starting fresh", run.checkpoints.root)
+        else:  # the folder was claimed (empty, or --overwrite true): an earlier run's files go
             run.checkpoints.clear()
         if run.main:
-            (run.out / "metrics.jsonl").unlink(missing_ok=True)
+            for stale in ("metrics.jsonl", "summary.json"):
+                (run.out / stale).unlink(missing_ok=True)
         state = TrainerState()
     else:
         _drop_rows_after(run.out / "metrics.jsonl", state.step, run.main)
         if run.main:
             log.info("resumed from step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
-        run.log_event(state.step, {"event": "resume", "from": str(run.checkpoints.newest())})
+        run.log_event(state.step, {"event": "resume", "from": str(run.checkpoints.resumed_from)})
     state.skipped = {**run.scan_skipped, **run.build_skipped, **state.skipped}
     if run.source.batches_per_epoch() == 0:
         raise ValueError("no training audio left (every file skipped?)")
@@ -218,6 +259,7 @@ def train_loop(run: Run) -> dict:
     audio_before, audio_here = state.audio_seconds, 0.0  # all processes' until the checkpoint; this one's since
     seen: list[int] = []
     window = _LossWindow()
+    guard = _DivergenceGuard(run)
     bar = tqdm(total=t.max_steps, initial=state.step, desc=run.out.name, disable=not acc.is_local_main_process)
     run.model.train()
     while state.step < t.max_steps:
@@ -234,29 +276,42 @@ def train_loop(run: Run) -> dict:
                 with acc.autocast():
                     loss, logs = run.objective.loss(batch, state.step, run.model)
                 acc.backward(loss / t.grad_accum)
-            window.add(float(loss.detach()), logs)
+            loss_value = float(loss.detach())
+            guard.add_loss(loss_value)
+            window.add(loss_value, logs)
             if not last_of_step:
                 continue
-            if t.grad_clip > 0:
-                acc.clip_grad_norm_(run.model.parameters(), t.grad_clip)
-            run.optimizer.step()
+            # the norm of the (unscaled, all-reduced) gradients; max_norm inf only measures it
+            grad_norm = acc.clip_grad_norm_(run.model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+            finite = guard.step_is_finite(grad_norm)
+            if finite or acc.scaler is not None:  # fp16: the scaler skips a non-finite step itself
+                run.optimizer.step()
             run.optimizer.zero_grad()
             run.scheduler.step()
             state.step += 1
             bar.update(1)
+            if not finite:
+                state.skipped_updates += 1
+                guard.after_skipped_step(state)  # raises TrainingDiverged past the patience
 
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 row = {**window.flush(acc), "lr": run.scheduler.get_last_lr()[0], "epoch": state.epoch,
-                       "elapsed": time.time() - t0, "audio_seconds": audio_before + _sum_over_ranks(acc, audio_here)}
-                bar.set_postfix(loss=f"{row['train_loss']:.4f}")
+                       "elapsed": time.time() - t0, "audio_seconds": audio_before + _sum_over_ranks(acc, audio_here),
+                       "skipped_updates": state.skipped_updates}
+                if "train_loss" in row:
+                    bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                 acc.log(row, step=state.step)
                 run.log_event(state.step, row)
             if state.step % t.eval_every == 0 or state.step == t.max_steps:
-                metrics = _validate(run)
-                acc.log(metrics, step=state.step)
-                run.log_event(state.step, metrics)
-                if _better(run, metrics[run.objective.score], state.best_valid):
-                    state.best_valid = metrics[run.objective.score]
+                metrics = _validate(run, state)
+                score = metrics[run.objective.score]
+                if not math.isfinite(score) and run.main:
+                    log.warning("step %d: validation %s is %s; it is not a best model", state.step,
+                                run.objective.score, score)
+                acc.log({k: v for k, v in metrics.items() if math.isfinite(v)}, step=state.step)
+                run.log_event(state.step, {k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
+                if _better(run, score, state.best_valid):
+                    state.best_valid = score
                     run.export("best", state.step)
                 acc.wait_for_everyone()
             if state.step % t.save_every == 0 or state.step == t.max_steps:
@@ -275,13 +330,81 @@ def train_loop(run: Run) -> dict:
     return _finish(run, state, start_step, time.time() - t0, seen)
 
 
-def _validate(run: Run) -> dict:
+def _validate(run: Run, state: TrainerState) -> dict:
     model = run.acc.unwrap_model(run.model)  # no DDP collectives: ranks may hold unequal shares
     model.eval()
     try:
         return run.objective.validate(model)
     finally:
         model.train()
+        for path, reason in getattr(run.source, "valid_skipped", {}).items():  # bad held-out files count too
+            if path not in state.skipped:
+                log.warning("skipping %s: %s", path, reason)
+            state.skipped[path] = reason
+
+
+class _DivergenceGuard:
+    """Non-finite losses and gradients of each step, agreed over processes; stops a diverged run."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.loss_finite = True
+        self.last_loss = math.nan
+        self.grad_norm = 0.0
+        self.bad_losses = 0
+        self.streak = 0
+        self.first_bad_step: int | None = None
+
+    def add_loss(self, value: float) -> None:
+        if not math.isfinite(value) and self.loss_finite:
+            self.last_loss = value
+        self.loss_finite &= math.isfinite(value)
+
+    def step_is_finite(self, grad_norm) -> bool:
+        """Whether every process saw a finite loss and gradient this step (one reduction over processes)."""
+        acc = self.run.acc
+        self.grad_norm = float(grad_norm)  # all-reduced gradients: the same norm on every process
+        flags = torch.tensor([float(not self.loss_finite), float(not math.isfinite(self.grad_norm))],
+                             device=acc.device)
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, reduction="sum")
+        self.bad_losses = int(flags[0])  # processes whose loss was not finite
+        bad = bool(flags.sum() > 0)
+        self.loss_finite = True
+        if not bad:
+            self.streak, self.first_bad_step = 0, None
+        return not bad
+
+    def _what(self) -> str:
+        n = self.run.acc.num_processes
+        loss = (f"loss not finite on {self.bad_losses} of {n} processes" if n > 1 else f"loss {self.last_loss}") \
+            if self.bad_losses else "loss finite"
+        return f"{loss}, gradient norm {self.grad_norm:.4g}"
+
+    def after_skipped_step(self, state: TrainerState) -> None:
+        run, t = self.run, self.run.train
+        self.streak += 1
+        if self.first_bad_step is None:
+            self.first_bad_step = state.step
+        if run.main and self.streak == 1:
+            log.warning("step %d: non-finite loss or gradient (%s): update skipped", state.step, self._what())
+        run.log_event(state.step, {"event": "nonfinite_step", "what": self._what()})
+        if self.streak < t.nonfinite_patience:
+            return
+        newest = run.checkpoints.newest()
+        kept = f"the last checkpoint is {newest.relative_to(run.out)}" if newest else "no checkpoint was written"
+        hints = [f"a lower --train.lr (now {t.lr:g})"]
+        hints.append("--train.mixed_precision bf16 instead of fp16" if t.mixed_precision == "fp16" else
+                     "--train.mixed_precision no" if t.mixed_precision == "bf16" else "a longer --train.warmup_steps "
+                     f"(now {t.warmup_steps})")
+        hints.append(f"a tighter --train.grad_clip (now {t.grad_clip:g})" if t.grad_clip > 0 else
+                     "--train.grad_clip 1.0")
+        message = (f"training diverged at step {state.step}: the loss or the gradients were NaN or infinite for "
+                   f"{self.streak} steps in a row since step {self.first_bad_step} (last: {self._what()}); "
+                   f"those updates were skipped and nothing non-finite was saved ({kept}). Try "
+                   + ", ".join(hints[:-1]) + f" or {hints[-1]}")
+        run.log_event(state.step, {"event": "diverged", "message": message})
+        raise TrainingDiverged(message)
 
 
 def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int]) -> dict:
@@ -291,13 +414,13 @@ def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen
     write_json_atomic(run.out / "ranks" / f"rank_{rank}.json",
                       {"rank": rank, "num_processes": acc.num_processes, "steps": state.step - start_step,
                        "source": run.source.kind, "indices": seen})
-    skipped_listed = len(set(state.skipped) - set(run.scan_skipped))  # listed, then found bad when read
+    listed = run.files_listed + len(run.scan_skipped)  # every file found, readable header or not
     summary = {
         "steps": state.step, "resumed_from_step": start_step, "seconds": elapsed,
         "seconds_per_step": elapsed / max(1, state.step - start_step),
         f"best_{run.objective.score}": state.best_valid, "audio_seconds_seen": state.audio_seconds,
-        "files_listed": run.files_listed, "files_used": run.files_listed - skipped_listed,
-        "files_skipped": len(state.skipped), "skipped": state.skipped,
+        "files_listed": listed, "files_used": listed - len(state.skipped),
+        "files_skipped": len(state.skipped), "skipped": state.skipped, "skipped_updates": state.skipped_updates,
         "num_processes": acc.num_processes, "grad_accum": run.train.grad_accum,
         "targets": {"source": run.source.kind, "cache": run.cache_summary},
         **run.objective.summary(),

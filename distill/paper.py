@@ -49,7 +49,7 @@ from .config import save_config
 from .data import AudioDataset, LengthBucketBatchSampler, collate_audio
 from .export import load_student
 from .finetune import FrontendTestSet, finetune_model
-from .fsutil import write_json_atomic, write_text_atomic
+from .fsutil import claim_run_folder, write_json_atomic, write_text_atomic
 from .loop import TrainConfig
 from .plots import curves
 from .prune import ORDERINGS, block_influence, knn_block_influence, removal_order
@@ -79,6 +79,7 @@ def _paper_students() -> list[StudentSpec]:
 @dataclass
 class PaperConfig:
     out: str = field(default="runs/paper", metadata={"help": "output folder"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "pretrained teacher to fine-tune"})
     task: Literal["ks", "folders", "sid"] = field(default="ks", metadata={"help": "labelled corpus reader"})
     data: str = field(default="", metadata={"help": "labelled corpus root (the pipeline passes its KS corpus)"})
@@ -151,19 +152,20 @@ def run_paper(cfg: PaperConfig, corpus: LabelledCorpus | None = None, pruned: di
     pruned models to score too (the fine-tuned teacher without those layers, its head, no retraining).
     """
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    t0 = time.time()
     names = [student_name(s) for s in cfg.students]
     if len(set(names)) != len(names) or any(s.kind != "mimic" for s in cfg.students):
         raise ValueError(f"paper students must be mimic students with distinct names, got {names}")
+    claim_run_folder(out, overwrite=cfg.overwrite)  # its sub-runs are then its own to write over
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    t0 = time.time()
     corpus = corpus or load_labelled(cfg.task, cfg.data, cfg.test_data, valid_fraction=cfg.valid_fraction,
                                      test_fraction=cfg.test_fraction)
     seconds = {}
 
     # 1. the fine-tuned teacher
     teacher = load_teacher(cfg.teacher)
-    tuned = finetune_model(teacher, corpus, out / "finetune", cfg.finetune, cfg.cache, config=cfg)
+    tuned = finetune_model(teacher, corpus, out / "finetune", cfg.finetune, cfg.cache, config=cfg, overwrite=True)
     seconds["finetune"] = tuned["seconds"]
     ft = load_classifier(out / "finetune" / "best")
     t_acc = tuned["test"]
@@ -187,12 +189,13 @@ def run_paper(cfg: PaperConfig, corpus: LabelledCorpus | None = None, pruned: di
         stage2_train = replace(cfg.stage2, max_steps=int(steps.get("stage2", cfg.stage2.max_steps)))
         # 2. stage 1: mimic distillation from the fine-tuned teacher on the task's audio
         s1 = distill(DistillConfig(teacher=str(out / "finetune" / "best"), data=[], out=str(out / "stage1" / name),
-                                   student=spec, train=stage1_train, cache=cfg.cache),
+                                   student=spec, train=stage1_train, cache=cfg.cache, overwrite=True),
                      items=corpus.train, teacher=ft, valid_items=corpus.valid)
         s1_acc = test_set.accuracy(_with_head(load_student(out / "stage1" / name), ft.head, ft.labels))
         # 3. stage 2: adaptation, the teacher's head and the mimicking layers
         s2 = finetune_model(load_student(out / "stage1" / name), corpus, out / "stage2" / name, stage2_train, cfg.cache,
-                            head=copy.deepcopy(ft.head), head_only=cfg.head_only, config=cfg, test_set=test_set)
+                            head=copy.deepcopy(ft.head), head_only=cfg.head_only, config=cfg, test_set=test_set,
+                            overwrite=True)
         models[name] = load_classifier(out / "stage2" / name / "best")
         rows[name] = {"stage1": {"test": s1_acc, "best_valid_loss": s1["best_valid_loss"], "steps": s1["steps"],
                                  "seconds": s1["seconds"]},
@@ -204,13 +207,13 @@ def run_paper(cfg: PaperConfig, corpus: LabelledCorpus | None = None, pruned: di
         if cfg.baselines and name in cfg.non_mimicker:
             fresh = build_student(spec, ft, seed=cfg.stage2.seed + 1)
             nm = finetune_model(fresh, corpus, out / "baselines" / f"non-mimicker-{name}", stage2_train, cfg.cache,
-                                head=copy.deepcopy(ft.head), config=cfg, test_set=test_set)
+                                head=copy.deepcopy(ft.head), config=cfg, test_set=test_set, overwrite=True)
             rows[name]["non_mimicker"] = {"test": nm["test"], "steps": nm["steps"]}
     # 4b. a linear classifier on the frontend output; 4c. pruning with the fine-tuned head
     frontend_linear = pruning = None
     if cfg.baselines:
         fl = finetune_model(load_teacher(str(out / "finetune" / "best")), corpus, out / "baselines" / "frontend-linear",
-                            cfg.stage2, cfg.cache, stack=False, config=cfg, test_set=test_set)
+                            cfg.stage2, cfg.cache, stack=False, config=cfg, test_set=test_set, overwrite=True)
         frontend_linear = {"test": fl["test"], "steps": fl["steps"]}
         pruning = _pruning_curves(ft, test_set, batches, cfg, out)
 

@@ -42,7 +42,7 @@ from .cache import CacheConfig
 from .config import save_config
 from .data import AudioDataset, collate_audio, list_audio
 from .export import export_student, load_student, write_card_evaluation
-from .fsutil import write_json_atomic, write_text_atomic
+from .fsutil import claim_run_folder, write_json_atomic, write_text_atomic
 from .layer_consistency import LayerConsistencyConfig, measure_layer_consistency
 from .paper import PaperConfig, run_paper
 from .plots import pareto
@@ -85,6 +85,7 @@ def _default_students() -> list[StudentSpec]:
 @dataclass
 class PipelineConfig:
     out: str = field(default="runs/pipeline", metadata={"help": "output folder"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "teacher spec"})
     distill_data: list[str] = field(default_factory=list,
                                     metadata={"help": "distillation audio (default: synthetic sentences + KS train)"})
@@ -147,9 +148,6 @@ def _resolve_spec(spec: StudentSpec, targets: list[int], comflp_removed: list[in
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    t_start = time.time()
     names = [student_name(s) for s in cfg.students]
     if not names or len(set(names)) != len(names) or {"teacher", PRUNED} & set(names):
         raise ValueError(f"students need distinct names other than 'teacher' and {PRUNED!r}, got {names}")
@@ -158,6 +156,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             raise ValueError(f"student_steps[{name!r}] must be a positive number of steps, got {steps!r}")
         if name not in names:
             log.warning("student_steps names %r, which is not one of the students %s", name, names)
+    claim_run_folder(out, overwrite=cfg.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    # the folder is claimed: every stage below writes its own sub-folder of it
+    cfg = replace(cfg, evaluate=replace(cfg.evaluate, overwrite=True), paper=replace(cfg.paper, overwrite=True))
+    t_start = time.time()
 
     from tasks.registry import get_task
 
@@ -174,7 +178,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     # 2. layer similarity and its blocks; the boundary is where mimic students aim
     analysis = run_analysis(replace(cfg.analysis, teacher=cfg.teacher, data=[str(ks_train)],
-                                    out=str(out / "analysis")))
+                                    out=str(out / "analysis"), overwrite=True))
     targets = analysis["mimic_targets"]
 
     # 3. pruning without retraining: curves per ordering, CoMFLP's pick becomes a model (and a student's start)
@@ -182,6 +186,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     specs = {"teacher": cfg.teacher}
     if cfg.run_prune:
         pruning = run_prune(replace(cfg.prune, teacher=cfg.teacher, data=[str(ks_train)], out=str(out / "prune"),
+                                    overwrite=True,
                                     probe=replace(cfg.prune.probe, data=str(ks_train))),
                             matrices=analysis["matrices"])
         specs[PRUNED] = pruning["search"]["pruned_path"]
@@ -198,7 +203,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         run_dir = out / "distill" / name
         train = replace(cfg.train, max_steps=int(cfg.student_steps.get(name, cfg.train.max_steps)))
         runs[name] = distill(DistillConfig(teacher=cfg.teacher, data=distill_data, out=str(run_dir),
-                                           student=spec, train=train, cache=cfg.cache))
+                                           student=spec, train=train, cache=cfg.cache, overwrite=True))
         student = load_student(run_dir)
         export_student(student, out / "students" / name,
                        extra={"training data": f"{', '.join(distill_data)} ({runs[name]['files_used']:,} files)",

@@ -14,7 +14,7 @@ Run folder (``cfg.out``)::
     summary.json         final figures (steps, losses, time, targets source, files used and skipped)
     loss.png             train and validation loss curves
     tb/                  TensorBoard logs (Accelerate tracker)
-    checkpoints/step_N/  Accelerate save_state (model, optimizer, scheduler, RNG) + trainer_state.json
+    checkpoints/step_N/  model, optimizer, scheduler, RNG, trainer state: safetensors + JSON, no pickle
     best/  last/         Hugging Face folders of the student (best by validation loss, and last)
     ranks/rank_K.json    what each process trained on (distributed runs)
 """
@@ -51,6 +51,7 @@ class DistillConfig:
     data: list[str] = field(default_factory=list,
                             metadata={"help": "audio folders, LibriSpeech trees or .tsv manifests"})
     out: str = field(default="runs/distill", metadata={"help": "run folder"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     student: StudentSpec = field(default_factory=StudentSpec)
     train: TrainConfig = field(default_factory=TrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig, metadata={"help": "teacher-target cache (train.cache)"})
@@ -86,7 +87,8 @@ def setup(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=None
         raise ValueError("no training data: set data=<audio folder | LibriSpeech tree | manifest.tsv>")
     out = Path(cfg.out)
     # a student that may leave parameters unused in a step (a shallow sampled depth) tells DDP so
-    acc = make_accelerator(out, t, getattr(student_class(cfg.student.kind), "may_skip_parameters", False))
+    acc = make_accelerator(out, t, getattr(student_class(cfg.student.kind), "may_skip_parameters", False),
+                           overwrite=cfg.overwrite)
 
     scan_skipped = []
     if items is None:

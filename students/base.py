@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distill.core import ModelInfo, TeacherTargets, autocast_for, check_wav_batch, count_params
+from distill.core import ModelInfo, TeacherTargets, autocast_for, check_wav_batch, count_params, require_finite
 
 
 class StudentConfig(PretrainedConfig):
@@ -174,6 +174,11 @@ class StudentModel(PreTrainedModel):
         """``wav (batch, samples)`` -> (list of ``(batch, frames, dim)``, ``frame_lengths (batch,)``)."""
         _, states, frame_lengths = self.features_and_states(wav, lengths)
         return states, frame_lengths
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Hugging Face's ``save_pretrained``; refuses NaN or infinite weights, naming the tensor (nothing written)."""
+        require_finite(self, f"saving {save_directory}")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def as_teacher(self) -> "StudentModel":
         """Freeze for use wherever a teacher is expected (analysis, evaluation, as a teacher)."""

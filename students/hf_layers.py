@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.core import check_layers_to_remove
+from distill.core import check_layers_to_remove, require_finite
 from distill.fsutil import atomic_dir
 from distill.stacks import delete_layers, hf_parts, set_num_layers
 
@@ -237,6 +237,7 @@ class HFLayerStudent(StudentModel):
         """
         model = self.to_hf_model(depth)
         out = Path(out)
+        require_finite(model, f"exporting {out}")
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if self.config.frontend_arch == "whisper":

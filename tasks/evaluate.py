@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distill.fsutil import write_json_atomic
+from distill.fsutil import claim_run_folder, write_json_atomic
 
 from .registry import get_task
 from .superb import RecipeOverrides, read_yaml
@@ -32,6 +32,8 @@ class EvaluateConfig:
     data: str = field(default="", metadata={"help": "dataset root in the task's official layout"})
     test_data: str = field(default="", metadata={"help": "KS: test root (default: <data>/test)"})
     out: str = field(default="runs/evaluate", metadata={"help": "output folder"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "write over an earlier evaluation in out (else refused; a suite resumes its finished cells)"})
     steps: int = field(default=0, metadata={"help": "downstream training steps (0: the task's default here)"})
     batch_size: int = field(default=0, metadata={"help": "downstream batch size (0: the task's default here)"})
     lr: float = field(default=0.0, metadata={"help": "downstream learning rate (0: the task's default here)"})
@@ -105,4 +107,5 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         from .suite import SuiteConfig, run_suite
 
         return run_suite(SuiteConfig.from_evaluate(cfg))
+    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
     return run_task(cfg)

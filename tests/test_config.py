@@ -21,6 +21,14 @@ def test_yaml_then_overrides(tmp_path):
     assert to_dict(cfg)["student"]["mimic"]["target_layers"] == [4, 12]
 
 
+def test_yaml_booleans_spell_literal_choices():
+    """YAML 1.1 reads ``no`` as false: ``--train.mixed_precision no`` still means the choice "no"."""
+    assert load_config(DistillConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(DistillConfig, None, {"train.mixed_precision": False}).train.mixed_precision == "no"
+    with pytest.raises(ValueError, match="must be one of"):
+        load_config(DistillConfig, None, ["train.mixed_precision=yes"])
+
+
 @pytest.mark.parametrize("override,message", [("train.max_steps=ten", "integer"), ("train.nope=1", "unknown"),
                                               ("train.resume=maybe", "true/false")])
 def test_bad_values_are_clear_errors(override, message):

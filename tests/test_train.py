@@ -60,8 +60,10 @@ def test_bad_files_in_training_data_are_skipped(tiny_whisper_dir, sentences_corp
     assert any("broken.wav" in p for p in summary["skipped"])
     assert any("nan.wav" in p for p in summary["skipped"])
     good = len(list(sentences_corpus.rglob("*.flac")))
-    assert summary["files_listed"] == good + 1  # nan.wav's header reads fine
-    assert summary["files_used"] == good  # ... but it was skipped when loaded, so it was not used
+    assert summary["files_listed"] == good + 3  # every file found, readable header or not
+    assert summary["files_used"] == good  # nan.wav's header reads fine, but it was skipped when loaded
+    assert summary["files_skipped"] == 3 == len(summary["skipped"])
+    assert summary["files_listed"] == summary["files_used"] + summary["files_skipped"]
 
 
 STUDENT_FLAGS = {
