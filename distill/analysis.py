@@ -154,6 +154,56 @@ class SimilaritySettings:
     seed: int = 0
 
 
+def check_similarity_settings(s: SimilaritySettings, utterances: int | None = None, flag: str = "--similarity.",
+                              source: str = "") -> None:
+    """Raise ``ValueError`` naming the flag for settings that would otherwise fail after the model ran.
+
+    ``flag`` is the prefix of the settings' flags (``--similarity.``); ``utterances`` how many
+    utterances the data gives (``None``: unknown, only the settings are checked) and ``source``
+    how the message names them (e.g. ``"the 32 utterances analysed (--max_utterances 32)"``).
+    """
+    unknown = [m for m in s.measures if m not in MEASURES]
+    if not s.measures or unknown:
+        raise ValueError(f"{flag}measures: unknown {unknown or 'none given'}; known: {', '.join(MEASURES)}")
+    if s.granularity not in GRANULARITIES:
+        raise ValueError(f"{flag}granularity must be one of {', '.join(GRANULARITIES)}, got {s.granularity!r}")
+    if s.mode not in MODES:
+        raise ValueError(f"{flag}mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+    counts = {"frames": ["frames_per_utterance"], "crops": ["crop_frames"]}.get(s.granularity, [])
+    if s.mode == "minibatch":
+        counts.append("max_batches")
+    for name in counts:
+        if getattr(s, name) < 1:
+            raise ValueError(f"{flag}{name} must be at least 1, got {getattr(s, name)}")
+    size_name = "batch_size" if s.mode == "minibatch" else "max_samples"
+    size = getattr(s, size_name)
+    least = 4 if s.cka_unbiased and "linear_cka" in s.measures else 2
+    if size < least:
+        why = " (the unbiased CKA estimator needs 4)" if least == 4 else ""
+        raise ValueError(f"{flag}{size_name} {size} must be at least {least}{why}")
+    if "mutual_knn" in s.measures and not 1 <= s.knn_k < size:
+        raise ValueError(f"{flag}knn_k {s.knn_k} must lie in [1, {size - 1}]: at least 1 and below "
+                         f"{flag}{size_name} {size}, the samples each mutual k-NN matrix is built from")
+    if utterances is not None:
+        _check_against_data(s, utterances, flag, source or f"the {utterances} utterances", least)
+
+
+def _check_against_data(s: SimilaritySettings, utterances: int, flag: str, source: str, least: int) -> None:
+    """The settings that need a number of samples the data can give (frames mode: at most F per utterance)."""
+    per = s.frames_per_utterance if s.granularity == "frames" else 1
+    available = utterances * per
+    have = source if per == 1 else f"the at most {available} frames of {source} ({flag}frames_per_utterance {per})"
+    if s.mode == "minibatch" and s.batch_size > available:
+        raise ValueError(f"{flag}batch_size {s.batch_size} is more than {have}: not one mini-batch would fill; "
+                         f"lower it or give more audio")
+    if s.mode == "whole":
+        n = min(available, s.max_samples)
+        if n < least:
+            raise ValueError(f"{have}: too few for a similarity matrix (at least {least} samples)")
+        if "mutual_knn" in s.measures and s.knn_k >= n:
+            raise ValueError(f"{flag}knn_k {s.knn_k} must be below {have}")
+
+
 def layer_samples(states: list[torch.Tensor], frame_lengths: torch.Tensor, settings: SimilaritySettings,
                   rng: random.Random) -> list[torch.Tensor]:
     """Turn hidden states ``[(batch, frames, dim)] * (L+1)`` into samples ``[(n, features)] * (L+1)``.

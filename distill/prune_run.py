@@ -21,17 +21,20 @@ import torch
 from tqdm import tqdm
 
 from tasks.evaluate import EvaluateConfig, evaluate
-from tasks.probe import ProbeConfig, run_probe
+from tasks.probe import ProbeConfig, labelled_items, run_probe
 
-from .analysis import SimilaritySettings, similarity_matrices
+from .analysis import SimilaritySettings, check_similarity_settings, similarity_matrices
 from .blocks import find_blocks
 from .comflp import STRATEGIES, coarse_search, fine_search
 from .config import save_config, to_dict
 from .data import SkipTally, analysis_batches
-from .fsutil import write_json_atomic
+from .fsutil import claim_run_folder, write_json_atomic
 from .plots import curves
 from .prune import ORDERINGS, block_influence, knn_block_influence, prune, removal_order, save_pruned
+from .redundancy import check_audio_run, utterances_source
 from .teacher import OFFLINE_DEFAULT, load_teacher
+
+METRICS = ("probe", "reconstruction", "ks")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class PruneConfig:
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "teacher spec"})
     data: list[str] = field(default_factory=list, metadata={"help": "unlabeled audio for correlations"})
     out: str = field(default="runs/prune", metadata={"help": "output folder"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     metric: str = field(default="probe",
                         metadata={"help": "probe (accuracy), reconstruction (last-layer MSE) or ks (s3prl, valid acc.)"})
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -69,7 +73,7 @@ def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
     """``(fn(model) -> float, higher_is_better, name)`` for the configured task metric."""
     if cfg.metric == "ks":
         if not cfg.ks.data:
-            raise ValueError("the ks metric needs ks.data=<Speech Commands root>")
+            raise ValueError("--metric ks needs --ks.data <Speech Commands root>")
 
         def ks_valid_accuracy(model, removed) -> float:
             tag = "full" if not removed else "without_" + "_".join(map(str, removed))
@@ -78,14 +82,14 @@ def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
                 save_pruned(model, folder / "model")
             spec = str(folder / "model") if removed else cfg.teacher
             # select on s3prl's validation split: the test set stays untouched by the search
-            value = evaluate(replace(cfg.ks, model=spec, out=str(folder / "ks")))["valid_best_accuracy"]
+            value = evaluate(replace(cfg.ks, model=spec, out=str(folder / "ks"), overwrite=True))["valid_best_accuracy"]
             if value is None:
                 raise RuntimeError(f"s3prl wrote no validation accuracy under {folder / 'ks'}")
             return value
         return ks_valid_accuracy, True, "KS validation accuracy (s3prl)"
     if cfg.metric == "probe":
         if not cfg.probe.data:
-            raise ValueError("the probe metric needs probe.data=<Speech Commands train root>")
+            raise ValueError("--metric probe needs --probe.data <Speech Commands train root>")
         return (lambda model, removed: run_probe(model, cfg.probe)["accuracy"]), True, "probe accuracy"
     if cfg.metric == "reconstruction":
         with torch.no_grad():
@@ -101,25 +105,102 @@ def _metric_fn(cfg: PruneConfig, teacher, batches, out: Path):
                     n += int(mask.sum())
             return err / n
         return reconstruction, False, "last-layer MSE"
-    raise ValueError(f"metric must be probe, reconstruction or ks, got {cfg.metric!r}")
+    raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {cfg.metric!r}")
+
+
+def check_metric(cfg: PruneConfig) -> None:
+    """``--metric`` and the data it needs (listed, headers only: the probe's split must leave both sides)."""
+    if cfg.metric not in METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {cfg.metric!r}")
+    if cfg.metric == "probe":
+        if not cfg.probe.data:
+            raise ValueError("--metric probe needs --probe.data <Speech Commands train root> "
+                             "(or --metric reconstruction, which needs no labels)")
+        if not Path(cfg.probe.data).exists():
+            raise ValueError(f"--probe.data {cfg.probe.data}: not found")
+        if cfg.probe.label not in ("keyword", "speaker"):
+            raise ValueError(f"--probe.label must be keyword or speaker, got {cfg.probe.label!r}")
+        if not 0 < cfg.probe.test_fraction < 1:
+            raise ValueError(f"--probe.test_fraction must lie between 0 and 1, got {cfg.probe.test_fraction}")
+        for name in ("epochs", "batch_size"):
+            if getattr(cfg.probe, name) < 1:
+                raise ValueError(f"--probe.{name} must be at least 1, got {getattr(cfg.probe, name)}")
+        try:
+            labelled_items(cfg.probe)
+        except ValueError as err:
+            raise ValueError(f"--probe.data: {err}") from None
+    if cfg.metric == "ks":
+        if not cfg.ks.data:
+            raise ValueError("--metric ks needs --ks.data <Speech Commands root>")
+        from tasks.ks import resolve_ks_roots
+
+        try:
+            resolve_ks_roots(cfg.ks.data, cfg.ks.test_data)
+        except ValueError as err:
+            raise ValueError(f"--ks.data: {err}") from None
+
+
+def check(cfg: PruneConfig, matrices: dict | None = None) -> None:
+    """Every setting that can be checked without reading audio or loading the teacher; ``ValueError`` names the flag."""
+    if matrices is None:
+        check_similarity_settings(cfg.similarity)
+    measures = list(matrices) if matrices is not None else cfg.similarity.measures
+    among = "the measures of the matrices given" if matrices is not None else "--similarity.measures"
+    for flag, name in (("--comflp.measure", cfg.comflp.measure), ("--block_measure", cfg.block_measure)):
+        if name not in measures:
+            raise ValueError(f"{flag} {name} is not among {among} {','.join(measures)}")
+    if cfg.comflp.strategy not in STRATEGIES:
+        raise ValueError(f"--comflp.strategy must be one of {', '.join(STRATEGIES)}, got {cfg.comflp.strategy!r}")
+    for flag, value, least in (("--comflp.n_remove", cfg.comflp.n_remove, 0), ("--comflp.top_k", cfg.comflp.top_k, 1),
+                               ("--comflp.beam", cfg.comflp.beam, 1), ("--max_remove", cfg.max_remove, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    unknown = [o for o in cfg.orderings if o not in ORDERINGS]
+    if not cfg.orderings or unknown:
+        raise ValueError(f"--orderings: unknown {unknown or 'none given'}; known: {', '.join(ORDERINGS)}")
+    if "knn_block_influence" in cfg.orderings and cfg.knn_k < 1:
+        raise ValueError(f"--knn_k must be at least 1 (neighbours of the knn_block_influence ordering), "
+                         f"got {cfg.knn_k}")
+    check_audio_run(cfg)
+    check_metric(cfg)
+
+
+def check_utterances(cfg: PruneConfig, utterances: int, matrices: dict | None = None) -> None:
+    """The settings the number of utterances must meet (known from the audio headers, before the teacher runs)."""
+    source = utterances_source(cfg, utterances)
+    if matrices is None:
+        check_similarity_settings(cfg.similarity, utterances, source=source)
+    if "knn_block_influence" in cfg.orderings and cfg.knn_k >= utterances:
+        raise ValueError(f"--knn_k {cfg.knn_k} must be below {source}; lower it, raise --max_utterances or give "
+                         "more audio (or leave knn_block_influence out of --orderings)")
+
+
+def check_depth(cfg: PruneConfig, num_layers: int) -> None:
+    """The settings that need the teacher's depth (known once it is loaded, before it runs)."""
+    if num_layers < 2:
+        raise ValueError(f"{cfg.teacher} has {num_layers} layer(s): nothing to prune")
+    for flag, value in (("--max_remove", cfg.max_remove), ("--comflp.n_remove", cfg.comflp.n_remove)):
+        if value > num_layers - 1:
+            raise ValueError(f"{flag} {value} is more than {num_layers - 1}: at most all but one of the "
+                             f"{num_layers} layers can go")
 
 
 def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
     """Curves and CoMFLP search; ``matrices`` (``{measure: (L+1, L+1)}``) skips recomputing them."""
-    if cfg.comflp.strategy not in STRATEGIES:
-        raise ValueError(f"comflp.strategy must be one of {STRATEGIES}")
-    for name in (cfg.comflp.measure, cfg.block_measure):
-        if name not in cfg.similarity.measures:
-            raise ValueError(f"measure {name!r} is not among similarity.measures {cfg.similarity.measures}")
+    check(cfg, matrices)
+    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
+    # the audio is listed (headers only) before the teacher loads, so a setting the data cannot meet fails now
+    loader, scan_skipped = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances,
+                                            cfg.seed)
+    check_utterances(cfg, len(loader.dataset), matrices)
+    teacher = load_teacher(cfg.teacher)
+    num_layers = teacher.num_layers
+    check_depth(cfg, num_layers)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.probe.data and not cfg.probe.cache_dir:
         cfg.probe.cache_dir = str(out / "probe_cache")
-    teacher = load_teacher(cfg.teacher)
-    num_layers = teacher.num_layers
-    loader, scan_skipped = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances,
-                                            cfg.seed)
     skips = SkipTally(scan_skipped)
     batches = []
     for b in loader:

@@ -22,6 +22,9 @@
 from __future__ import annotations
 
 import copy
+import functools
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -31,6 +34,13 @@ from .core import ModelInfo, autocast_for, check_layers_to_remove, check_wav_bat
 from .stacks import delete_layers, hf_parts, set_num_layers
 
 OFFLINE_DEFAULT = "whisper-tiny.en"
+HUB_CHECK_TIMEOUT = 5.0  # seconds for the one request that tells whether the hub answers
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# names a spec ends with when it means a file, never a hub repository
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".onnx", ".json", ".yaml", ".yml", ".tsv")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class Teacher(nn.Module):
@@ -123,12 +133,132 @@ def _from_hf_model(name: str, model) -> Teacher:
     return Teacher(name, arch, frontend, stack, model.config, hf_model=model)
 
 
+# -- a spec that cannot load fails at once: a missing folder, an uncached id offline, an unreachable hub --------
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """``org/name``: one slash, no leading ``.``/``~``, not a file name."""
+    return bool(_HUB_ID.fullmatch(spec)) and not spec.lower().endswith(FILE_SUFFIXES)
+
+
+def looks_like_local_path(spec: str) -> bool:
+    """A spec the user meant as a file or folder (``/x``, ``./x``, ``../x``, ``~/x``, ``a/b/c``, ``x.pt``)."""
+    if spec.startswith(("/", "./", "../", "~")) or spec in (".", ".."):
+        return True
+    if spec.lower().endswith(FILE_SUFFIXES):
+        return True
+    return os.sep in spec and not looks_like_hub_id(spec)
+
+
+def offline_variable() -> str | None:
+    """The environment variable that puts the Hugging Face libraries offline, if one does."""
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return name
+    return None
+
+
+def _download_advice(spec: str) -> str:
+    return (f"download it where there is network (huggingface-cli download {spec} --local-dir DIR) and pass "
+            "the folder instead: --teacher DIR")
+
+
+def hub_cached(spec: str) -> bool:
+    """Whether the local Hugging Face cache holds ``spec``'s config.json and a weights file (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(name: str) -> bool:
+        return isinstance(try_to_load_from_cache(spec, name), str)
+
+    return cached("config.json") and any(cached(name) for name in WEIGHT_FILES)
+
+
+def check_hub_reachable(spec: str, timeout: float | None = None) -> None:
+    """One request to the hub (no retries, ``timeout`` seconds): the repository exists and the hub answers."""
+    _check_hub_reachable(spec, HUB_CHECK_TIMEOUT if timeout is None else timeout)
+
+
+@functools.lru_cache(maxsize=None)  # a success is remembered (a failure raises, so it is asked again)
+def _check_hub_reachable(spec: str, timeout: float) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import ENDPOINT
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(spec, timeout=timeout)
+    except RepositoryNotFoundError:
+        raise ValueError(f"{spec}: neither a local folder nor a model the hub knows (a typo, or a private or gated "
+                         f"repository?); if it is private, log in or {_download_advice(spec)}") from None
+    except Exception as err:  # no DNS, refused, timed out, proxy, 5xx: all mean "cannot download now"
+        raise ValueError(f"{spec}: neither a local folder nor in the local Hugging Face cache, and the hub "
+                         f"({ENDPOINT}) could not be reached ({_network_reason(err, timeout)}); "
+                         f"{_download_advice(spec)}") from None
+
+
+def _network_reason(err: Exception, timeout: float) -> str:
+    """A few words on why a request to the hub failed (the library's own text is a nested repr)."""
+    text = str(err)
+    if "Timeout" in type(err).__name__ or "timed out" in text:
+        return f"no answer within {timeout:g} s"
+    if "resolve" in text or "NameResolution" in text:
+        return "its host name does not resolve"
+    if "Connection" in type(err).__name__:
+        return "connection failed"
+    first = (text.strip().splitlines() or [""])[0][:160]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def check_hub_id(spec: str) -> None:
+    """A hub id loads without a long wait: it is cached, or the hub answers one quick request.
+
+    Offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``) an id missing from the cache fails
+    at once instead of after transformers' retries.
+    """
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if hub_cached(spec):
+            return
+    except HFValidationError:
+        raise ValueError(f"{spec}: neither an existing local folder nor a valid Hugging Face hub id") from None
+    variable = offline_variable()
+    if variable:
+        raise ValueError(f"{spec}: neither a local folder nor in the local Hugging Face cache, and offline mode is "
+                         f"on ({variable}={os.environ[variable]}); {_download_advice(spec)}")
+    check_hub_reachable(spec)
+
+
+def check_teacher_spec(spec: str) -> None:
+    """Fail fast, before any weights load, on a teacher spec that cannot load.
+
+    A local path that does not exist is "not found" (never sent to the hub); a hub id must be
+    cached or reachable (:func:`check_hub_id`); ``s3prl:`` names are left to s3prl.
+    """
+    spec = str(spec)
+    if spec == OFFLINE_DEFAULT:
+        offline_whisper_folder()
+        return
+    if spec.startswith("ct2:"):
+        if not Path(spec[4:]).expanduser().is_dir():
+            raise ValueError(f"teacher folder not found: {spec[4:]}")
+        return
+    if spec.startswith("s3prl:"):
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
+        return
+    if looks_like_local_path(spec):
+        raise ValueError(f"teacher folder not found: {spec}")
+    check_hub_id(spec)
+
+
 def _hub_error(spec: str, err: Exception) -> ValueError:
     """One line for a hub id that cannot be loaded: unreachable hub, unknown/gated repo, or missing files."""
     text = str(err).strip()
     reason = text.splitlines()[0][:160] if text else type(err).__name__
-    fix = (f"download it where there is network (huggingface-cli download {spec} --local-dir DIR) and pass "
-           "the folder instead: --teacher DIR")
+    fix = _download_advice(spec)
     if "not a valid model identifier" in text and "connect" not in text.lower():
         return ValueError(f"{spec}: neither a local folder nor a model the hub knows (a typo, or a private or "
                           f"gated repository?) ({reason}); if it is private, log in or {fix}")
@@ -142,6 +272,8 @@ def load_hf_teacher(spec: str) -> nn.Module:
 
     import students  # noqa: F401  (registers the stackdistill student kinds with AutoConfig / AutoModel)
 
+    if Path(spec).expanduser().exists():
+        spec = str(Path(spec).expanduser())
     local = Path(spec).exists()
     if local and not (Path(spec) / "config.json").is_file():
         raise ValueError(f"{spec}: folder has no config.json (not a Hugging Face model folder)")
@@ -220,12 +352,16 @@ def offline_whisper_folder() -> Path:
 
 
 def load_teacher(spec: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Build a frozen teacher from ``spec`` (see the module docstring); ``dtype`` e.g. ``"bfloat16"``."""
+    """Build a frozen teacher from ``spec`` (see the module docstring); ``dtype`` e.g. ``"bfloat16"``.
+
+    A spec that cannot load fails first, in seconds (:func:`check_teacher_spec`).
+    """
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         dtype = getattr(torch, dtype)
     spec = str(spec)
+    check_teacher_spec(spec)
     if spec == OFFLINE_DEFAULT:
         teacher = load_ct2_whisper(offline_whisper_folder(), name=OFFLINE_DEFAULT)
     elif spec.startswith("ct2:"):
