@@ -21,7 +21,7 @@ import torch
 
 from .audio import SAMPLE_RATE, real_speech_batch
 from .bench import macs_per_audio_second, model_names, seconds_per_audio_second
-from .fsutil import write_json_atomic, write_text_atomic
+from .fsutil import claim_run_folder, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class BenchCommandConfig:
     models: list[str] = field(default_factory=lambda: ["whisper-tiny.en"],
                               metadata={"help": "model specs: teacher, student or pruned folders, hub ids"})
     out: str = field(default="runs/bench", metadata={"help": "output folder (bench.json, bench.md)"})
+    overwrite: bool = field(default=False, metadata={"help": "write over an earlier bench in out (else refused)"})
     seconds: list[float] = field(default_factory=lambda: [1.0, 5.0, 20.0], metadata={"help": "clip lengths"})
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     rounds: int = field(default=5, metadata={"help": "timed rounds per setting (median kept)"})
@@ -108,6 +109,7 @@ def run_bench(cfg: BenchCommandConfig) -> dict:
 
     if not cfg.models:
         raise ValueError("bench needs at least one model")
+    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     names = model_names(cfg.models)

@@ -73,7 +73,7 @@ import shutil
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -91,7 +91,8 @@ FORMAT_VERSION = 2
 FEATURES = "features"  # the slot holding the frontend output
 PROBE_BLOCKS, PROBE_BLOCK = 16, 64 * 1024  # the sampled checksum of a shard's data file
 LOCK_POLL_SECONDS = 1.0  # how often a waiting build looks at the lock
-UNWRITTEN_LOCK_SECONDS = 60.0  # an empty lock file this old was left by a process killed while creating it
+UNWRITTEN_LOCK_SECONDS = 60.0
+DISTRIBUTED_LOCK_WAIT = 1500.0  # under the 30-minute timeout of the collectives the other ranks wait in  # an empty lock file this old was left by a process killed while creating it
 
 
 @dataclass
@@ -750,41 +751,48 @@ def _check_room(items: list[AudioItem], spec: CacheSpec, info, cfg: CacheConfig,
 
 
 def prepare_cache(teacher, items: list[AudioItem], spec: CacheSpec, cfg: CacheConfig, rank: int = 0,
-                  world: int = 1, barrier: Callable[[], None] | None = None, progress: bool = True) -> TargetCache:
+                  world: int = 1, barrier: Callable[[], None] | None = None, progress: bool = True,
+                  broadcast: Callable[[object], object] | None = None) -> TargetCache:
     """The complete, verified cache of ``teacher`` on ``items`` holding ``spec`` (found, repaired, completed or built).
 
     Every process of a distributed run calls this with its ``rank`` / ``world`` and a
     ``barrier`` (``accelerator.wait_for_everyone``); shards are built in parallel. Rank 0 alone
-    inspects (invalidating a damaged cache), takes the build lock and writes the manifest; after
-    each of its steps a barrier, then every rank looks at the same files.
+    inspects (invalidating a damaged cache), takes the build lock and writes the manifest; its
+    decisions (the cache found, the variant to build, whether it is complete) reach every rank
+    through ``broadcast`` (rank 0's value returned on every rank; required when ``world > 1``), so
+    the ranks never decide apart from what another job did to the files meanwhile.
     Raises ``ValueError`` when the estimate exceeds ``cfg.max_gb`` or the free disk space,
     before anything is written, or when another process holds the build lock longer than
     ``cfg.lock_wait_seconds``.
     """
     barrier = barrier or (lambda: None)
+    if world > 1 and broadcast is None:
+        raise ValueError("prepare_cache on several processes needs broadcast (rank 0's decisions to every rank)")
+    share = broadcast or (lambda value: value)
     t0 = time.time()
     _check_request(teacher, spec)
     base_key = _base_key(teacher, items, spec)
     base = Path(cfg.root) / f"{_slug(teacher.name)}-{base_key[:16]}"
     cache = _inspect(base, spec, cfg) if rank == 0 else None
-    barrier()
-    if rank != 0:
-        found = find_cache(base, spec)
-        cache = TargetCache(found) if found is not None else None
-    if cache is not None:
+    found = share(str(cache.folder) if cache is not None else None)
+    if found is not None:
+        cache = cache if rank == 0 else TargetCache(found)
         cache.reused = True
         log.info("teacher-target cache found (%.1f s): %s", time.time() - t0, cache.describe())
         return cache
 
-    target = _repair_target(base, spec) or spec  # a damaged variant serving the request is repaired
+    # a damaged variant serving the request is repaired
+    target = share((_repair_target(base, spec) or spec) if rank == 0 else None)
     folder = base / target.variant()
     est = _check_room(items, target, teacher.info, cfg, folder)
+    if world > 1 and cfg.lock_wait_seconds > DISTRIBUTED_LOCK_WAIT:
+        # the other ranks wait for rank 0 in a collective, which times out after 30 minutes
+        cfg = replace(cfg, lock_wait_seconds=DISTRIBUTED_LOCK_WAIT)
     with _lock(base, folder, cfg) if rank == 0 else contextlib.nullcontext():
         damaged = _damage(folder) if rank == 0 else {}
         if damaged:  # finished by the build this one waited for, and damaged since
             _invalidate(folder, damaged)
-        barrier()
-        if _complete(folder):  # the build this one waited for has finished it
+        if share(_complete(folder) if rank == 0 else None):  # the build this one waited for has finished it
             cache = TargetCache(folder)
             cache.reused = True
             log.info("teacher-target cache built meanwhile by another process: %s", cache.describe())

@@ -134,6 +134,9 @@ def verify_checkpoint(folder: Path) -> str | None:
         return f"no {MANIFEST} (an incomplete or foreign checkpoint)"
     try:
         files = json.loads(manifest.read_text())["files"]
+        if not isinstance(files, dict) or not all(isinstance(n, str) and "/" not in n and isinstance(b, int)
+                                                  for n, b in files.items()):
+            raise ValueError("'files' is not a mapping of file names to sizes")
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{MANIFEST} unreadable ({err})"
     for name, size in files.items():
@@ -160,6 +163,15 @@ def verify_checkpoint(folder: Path) -> str | None:
         if required not in files:
             return f"no {required}"
     return None
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.2``, ``path.3``... whichever does not exist yet (nothing is replaced)."""
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 class CheckpointManager:
@@ -253,13 +265,15 @@ class CheckpointManager:
                 if problem is None:
                     chosen[0] = str(folder)
                     break
-                aside = folder.with_name(f"damaged_{folder.name}")
-                shutil.rmtree(aside, ignore_errors=True)
+                aside = _free_name(folder.with_name(f"damaged_{folder.name}"))
                 folder.replace(aside)
                 log.warning("checkpoint %s is damaged (%s): moved aside to %s, left for you to inspect; "
                             "resuming from an older checkpoint", folder, problem, aside)
                 problems.append(f"{folder.name}: {problem}")
-            if found and chosen[0] is None:
+            damaged_before = sorted(p.name for p in self.root.glob("damaged_step_*"))
+            if not found and damaged_before:  # an earlier resume moved every checkpoint aside
+                problems.append(f"only checkpoints found damaged earlier: {', '.join(damaged_before)}")
+            if (found or damaged_before) and chosen[0] is None:
                 chosen[1] = (f"no intact checkpoint in {self.root} to resume from ({'; '.join(problems)}); the "
                              f"damaged ones were moved to damaged_step_N there. Start afresh with --overwrite true "
                              "(or another --out)")

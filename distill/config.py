@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -172,6 +175,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a mapping")
+        if _drop_actions(loaded):
+            log.warning("%s: 'overwrite' in a config file is ignored; replacing a run takes --overwrite true", path)
         _merge(data, loaded)
     if overrides:
         items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
@@ -188,8 +193,27 @@ def _merge(base: dict, new: dict) -> None:
             base[k] = v
 
 
+ACTIONS = ("overwrite",)  # what one command does, not a setting of the run: never saved, never read from a file
+
+
+def _drop_actions(data: dict) -> bool:
+    """Remove :data:`ACTIONS` keys at every level of ``data``; whether there were any."""
+    found = False
+    for key in list(data):
+        if key in ACTIONS:
+            del data[key]
+            found = True
+        elif isinstance(data[key], dict):
+            found |= _drop_actions(data[key])
+    return found
+
+
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The resolved settings as YAML, without one-off actions (``overwrite``): re-running a run's
+    ``config.yaml`` never replaces that run unless asked again on the command line."""
+    data = to_dict(cfg)
+    _drop_actions(data)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def _leaf_fields(cls, prefix: str = ""):

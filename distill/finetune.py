@@ -37,7 +37,7 @@ from .classifier import PROJ_SIZE, ClassificationHead, StackWithHead, load_class
 from .config import save_config
 from .data import AudioDataset, LengthBucketBatchSampler, collate_audio
 from .fsutil import write_json_atomic
-from .loop import Run, TrainConfig, make_accelerator, prepare_trainable, train_loop
+from .loop import Run, TrainConfig, make_accelerator, prepare_trainable, rank0_broadcast, train_loop
 from .stats import accuracy_record
 from .teacher import OFFLINE_DEFAULT, load_teacher
 
@@ -165,7 +165,7 @@ def finetune_model(model, corpus: LabelledCorpus, out: Path, t: TrainConfig, cac
     if t.cache:
         features = prepare_cache(model, items, CacheSpec((), True, crop, min_samples, t.teacher_dtype),
                                  cache or CacheConfig(), acc.process_index, acc.num_processes, acc.wait_for_everyone,
-                                 progress=acc.is_local_main_process)
+                                 progress=acc.is_local_main_process, broadcast=rank0_broadcast(acc))
         n = len(corpus.train)
         source = CachedSource(features, model, items, list(range(n)), list(range(n, len(items))), plan, [], True,
                               acc.device, t.num_workers)

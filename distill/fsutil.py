@@ -63,8 +63,9 @@ def claim_run_folder(out: str | Path, overwrite: bool = False, resume: bool = Fa
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
     held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    if not held:
-        return
+    files = [p for p in out.rglob("*") if p.is_file()]
+    if not held or [p.relative_to(out) for p in files] in ([], [Path("config.yaml")]):
+        return  # nothing, or only the settings of a command that failed before doing any work
     if overwrite:
         logging.getLogger(__name__).warning("--overwrite true: writing a new run over the earlier one in %s", out)
         return

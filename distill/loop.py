@@ -136,6 +136,9 @@ class Run:
             self.log_event(step, {"event": "export", "path": name})
 
 
+SCALE_FLOOR = 1.0  # an fp16 loss scale below this means the gradients overflow unscaled: not the scaler's business
+
+
 class TrainingDiverged(ValueError):
     """The loss or the gradients stayed non-finite for ``train.nonfinite_patience`` steps."""
 
@@ -170,6 +173,20 @@ def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = F
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     return acc
+
+
+def rank0_broadcast(acc):
+    """``share(value)``: the main process's ``value`` on every process (a collective: all must call it)."""
+    from accelerate.utils import broadcast_object_list
+
+    def share(value):
+        if acc.num_processes == 1:
+            return value
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
+
+    return share
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -241,8 +258,7 @@ def train_loop(run: Run) -> dict:
         else:  # the folder was claimed (empty, or --overwrite true): an earlier run's files go
             run.checkpoints.clear()
         if run.main:
-            for stale in ("metrics.jsonl", "summary.json"):
-                (run.out / stale).unlink(missing_ok=True)
+            _clear_outputs(run.out)
         state = TrainerState()
     else:
         _drop_rows_after(run.out / "metrics.jsonl", state.step, run.main)
@@ -326,8 +342,26 @@ def train_loop(run: Run) -> dict:
             state.epoch += 1
             state.batch_in_epoch = 0
     bar.close()
+    if state.best_valid is None:
+        raise ValueError(f"{run.out}: no validation gave a finite {run.objective.score}, so there is no best/ "
+                         "model; see metrics.jsonl (a lower --train.lr or --train.mixed_precision no may help)")
     _gather_totals(acc, state, audio_before, audio_here)
     return _finish(run, state, start_step, time.time() - t0, seen)
+
+
+RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "test.json", "best", "last", "ranks", "tb")
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove what an earlier run in ``out`` wrote (``--overwrite true``), so nothing stale is read as new."""
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _validate(run: Run, state: TrainerState) -> dict:
@@ -381,8 +415,15 @@ class _DivergenceGuard:
             if self.bad_losses else "loss finite"
         return f"{loss}, gradient norm {self.grad_norm:.4g}"
 
+    def scaler_handled(self) -> bool:
+        """An fp16 overflow the gradient scaler dealt with (finite losses, a scale still above 1): routine."""
+        scaler = getattr(self.run.acc, "scaler", None)
+        return scaler is not None and self.bad_losses == 0 and float(scaler.get_scale()) >= SCALE_FLOOR
+
     def after_skipped_step(self, state: TrainerState) -> None:
         run, t = self.run, self.run.train
+        if self.scaler_handled():  # the scaler skipped the step and lowered its scale, as it should
+            return
         self.streak += 1
         if self.first_bad_step is None:
             self.first_bad_step = state.step

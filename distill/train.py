@@ -35,7 +35,7 @@ from .cache import CacheConfig, CacheSpec, prepare_cache
 from .checkpoints import CheckpointManager
 from .config import load_config, save_config
 from .data import AudioItem, list_audio, split_items
-from .loop import Run, TrainConfig, make_accelerator, prepare_trainable, train_loop
+from .loop import Run, TrainConfig, make_accelerator, prepare_trainable, rank0_broadcast, train_loop
 from .losses import LOSSES, pairs_loss
 from .teacher import load_teacher
 
@@ -191,7 +191,7 @@ def _targets_source(cfg: DistillConfig, acc, teacher, student, items, train_item
     layers = student.required_teacher_layers()
     spec = CacheSpec(tuple(layers), share_frontend, crop, min_samples, t.teacher_dtype)
     cache = prepare_cache(teacher, items, spec, cfg.cache, acc.process_index, acc.num_processes,
-                          acc.wait_for_everyone, progress=acc.is_local_main_process)
+                          acc.wait_for_everyone, progress=acc.is_local_main_process, broadcast=rank0_broadcast(acc))
     position = {item: i for i, item in enumerate(items)}  # a window listed twice is the same audio
     source = CachedSource(cache, teacher, items, [position[i] for i in train_items],
                           [position[i] for i in valid_items], plan, layers, share_frontend, acc.device,

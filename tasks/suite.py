@@ -76,7 +76,8 @@ def fingerprint(spec: str) -> dict:
 
 
 def _cell_settings(cfg, spec: str) -> dict:
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "suite", "models", "num_workers")}
+    ignored = ("out", "suite", "models", "num_workers", "overwrite")  # where it is written, not how it is measured
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
     return settings | {"model": fingerprint(spec)}
 
 

@@ -525,11 +525,22 @@ def test_distributed_ranks_agree_on_a_repaired_cache(teacher, corpus, tmp_path):
     items, _ = list_audio(corpus)
     barrier = threading.Barrier(2, timeout=120)
     results: dict[int, object] = {}
+    slot: list = [None]
+
+    def broadcast(r: int):
+        def share(value):  # rank 0's value on every rank, as accelerate's broadcast_object_list gives it
+            if r == 0:
+                slot[0] = value
+            barrier.wait()
+            shared = slot[0]
+            barrier.wait()
+            return shared
+        return share
 
     def rank(r: int) -> None:
         try:
             results[r] = prepare_cache(teacher, items, _spec(), _cfg(tmp_path / "cache"), r, 2, barrier.wait,
-                                       progress=False)
+                                       progress=False, broadcast=broadcast(r))
         except BaseException as exc:  # reported below, with the other rank's result
             results[r] = exc
             barrier.abort()

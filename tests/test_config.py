@@ -21,6 +21,19 @@ def test_yaml_then_overrides(tmp_path):
     assert to_dict(cfg)["student"]["mimic"]["target_layers"] == [4, 12]
 
 
+def test_overwrite_is_never_saved_nor_read_from_a_file(tmp_path):
+    from distill.config import save_config
+
+    cfg = load_config(DistillConfig, None, ["overwrite=true"])
+    assert cfg.overwrite is True
+    save_config(cfg, tmp_path / "c.yaml")
+    assert "overwrite" not in (tmp_path / "c.yaml").read_text()
+    (tmp_path / "d.yaml").write_text("overwrite: true\ntrain:\n  max_steps: 3\n")
+    loaded = load_config(DistillConfig, tmp_path / "d.yaml")
+    assert loaded.overwrite is False and loaded.train.max_steps == 3
+    assert load_config(DistillConfig, tmp_path / "d.yaml", ["overwrite=true"]).overwrite is True
+
+
 def test_yaml_booleans_spell_literal_choices():
     """YAML 1.1 reads ``no`` as false: ``--train.mixed_precision no`` still means the choice "no"."""
     assert load_config(DistillConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"

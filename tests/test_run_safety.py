@@ -170,6 +170,10 @@ def test_resume_with_no_intact_checkpoint_names_the_folder(tiny_whisper_dir, sen
     with pytest.raises(ValueError, match=f"no intact checkpoint in {out / 'checkpoints'}.*trainer_state.json"):
         distill(replace(cfg, train=replace(cfg.train, max_steps=8, resume=True)))
     assert (out / "checkpoints" / "damaged_step_4").is_dir()
+    # asked again, it still refuses: it never starts afresh over the earlier run's files
+    with pytest.raises(ValueError, match="no intact checkpoint.*damaged_step_4"):
+        distill(replace(cfg, train=replace(cfg.train, max_steps=8, resume=True)))
+    assert (out / "metrics.jsonl").is_file() and (out / "checkpoints" / "damaged_step_4").is_dir()
 
 
 # -- 3. no pickle from a run folder ---------------------------------------------------------------
@@ -219,13 +223,21 @@ def test_a_second_run_into_the_same_out_is_refused(tiny_whisper_dir, sentences_c
         distill(replace(cfg, train=replace(cfg.train, max_steps=2)))
     after = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     assert after == before  # nothing touched
+    (out / "test.json").write_text("{}")  # an earlier run's output the new one does not write
     summary = distill(replace(cfg, train=replace(cfg.train, max_steps=2), overwrite=True))
     assert summary["steps"] == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2"]
+    assert not (out / "test.json").exists()  # nothing stale is left to be read as the new run's
+    assert [r["step"] for r in _rows(out) if r.get("event") == "export"] == [2, 2]
+    # overwrite is an action, not a setting: the run's config.yaml never carries it into a re-run
+    assert "overwrite" not in (out / "config.yaml").read_text()
 
 
-def test_every_run_writing_command_refuses_an_occupied_out(tmp_path):
+def test_every_run_writing_command_refuses_an_occupied_out(tmp_path, sentences_corpus, monkeypatch):
+    from distill.bench_run import BenchCommandConfig, run_bench
     from distill.paper import PaperConfig, run_paper
+    from distill.prune_run import PruneConfig, run_prune
+    from distill.redundancy import AnalyzeConfig, run_analysis
     from distill.pipeline import PipelineConfig, run_pipeline
     from distill.finetune import FinetuneConfig, finetune
     from tasks.evaluate import EvaluateConfig, evaluate
@@ -238,7 +250,13 @@ def test_every_run_writing_command_refuses_an_occupied_out(tmp_path):
         "paper": lambda: run_paper(PaperConfig(out=str(out))),
         "evaluate": lambda: evaluate(EvaluateConfig(task="ks", model="x", data=str(tmp_path), out=str(out))),
         "export": lambda: export(ExportConfig(model=str(tmp_path), out=str(out))),
+        "bench": lambda: run_bench(BenchCommandConfig(models=["whisper-tiny.en"], out=str(out))),
+        "analyze": lambda: run_analysis(AnalyzeConfig(data=[str(sentences_corpus)], out=str(out))),
+        "prune": lambda: run_prune(PruneConfig(data=[str(sentences_corpus)], metric="reconstruction", out=str(out))),
     }
+    # refused before any model loads
+    for module in ("distill.teacher", "distill.redundancy", "distill.prune_run"):
+        monkeypatch.setattr(f"{module}.load_teacher", lambda *a, **k: pytest.fail("a teacher was loaded"))
     for name, call in calls.items():
         with pytest.raises(ValueError, match="already holds a run"):
             call()
@@ -255,6 +273,18 @@ def test_a_command_that_fails_before_work_leaves_no_folder(tmp_path, capsys):
     kept.mkdir()  # a folder the user made stays, even when empty
     assert main(["distill", "--data", str(tmp_path / "missing"), "--out", str(kept)]) == 2
     assert kept.is_dir()
+
+
+def test_a_run_that_failed_before_work_does_not_block_its_rerun(tiny_whisper_dir, sentences_corpus, tmp_path,
+                                                               capsys):
+    """A setting found wrong after config.yaml was written: the corrected re-run needs no --overwrite."""
+    out = tmp_path / "run"
+    args = _args(tiny_whisper_dir, sentences_corpus, out, "--train.max_steps", "2", "--train.cache", "true",
+                 "--cache.root", str(tmp_path / "cache"))
+    assert main([*args, "--cache.max_gb", "1e-9"]) == 2
+    assert "over cache.max_gb" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["config.yaml"]
+    assert main(args) == 0
 
 
 def test_skip_counts_are_equal_online_and_cached(tiny_whisper_dir, sentences_corpus, tmp_path):
@@ -284,3 +314,39 @@ def test_skip_counts_are_equal_online_and_cached(tiny_whisper_dir, sentences_cor
         assert (s["files_listed"], s["files_used"], s["files_skipped"]) == \
             (online["files_listed"], online["files_used"], 4)
 
+
+
+def test_fp16_overflows_the_scaler_handles_are_routine_but_nan_losses_are_not(tmp_path):
+    """Gradient overflows with finite losses while the loss scale is above 1 are the scaler's job (no
+    stop); non-finite losses, or a scale that fell below 1, count toward the patience. (No GPU here:
+    the guard is driven with a stand-in for Accelerate's scaler.)"""
+    from types import SimpleNamespace
+
+    from distill.checkpoints import TrainerState
+    from distill.loop import TrainingDiverged, _DivergenceGuard
+
+    scaler = SimpleNamespace(scale=65536.0, get_scale=lambda: scaler.scale)
+    acc = SimpleNamespace(scaler=scaler, num_processes=1, device="cpu")
+    run = SimpleNamespace(acc=acc, train=TrainConfig(nonfinite_patience=3, mixed_precision="fp16"), main=False,
+                          out=tmp_path, checkpoints=SimpleNamespace(newest=lambda: None), log_event=lambda *a: None)
+    guard, state = _DivergenceGuard(run), TrainerState()
+    for _ in range(10):  # overflowing gradients, finite losses: the scaler halves its scale each time
+        guard.add_loss(0.5)
+        assert not guard.step_is_finite(float("inf"))
+        state.step += 1
+        scaler.scale /= 2
+        guard.after_skipped_step(state)
+    scaler.scale = 0.5  # overflowing even at a scale below 1: the gradients themselves are too large
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        for _ in range(3):
+            guard.add_loss(0.5)
+            guard.step_is_finite(float("inf"))
+            state.step += 1
+            guard.after_skipped_step(state)
+    guard, scaler.scale = _DivergenceGuard(run), 65536.0
+    with pytest.raises(TrainingDiverged, match="loss nan"):
+        for _ in range(3):
+            guard.add_loss(float("nan"))
+            guard.step_is_finite(float("nan"))
+            state.step += 1
+            guard.after_skipped_step(state)
