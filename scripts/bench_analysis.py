@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 import psutil
-
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.analysis import SimilaritySettings, similarity_matrices  # noqa: E402
-from distill.teacher import load_teacher  # noqa: E402
+from distill.analysis.similarity import SimilaritySettings, similarity_matrices  # noqa: E402
+from distill.models.teacher import load_teacher  # noqa: E402
 
 
 def random_ssl(folder: Path, layers: int) -> str:

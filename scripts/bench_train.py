@@ -12,7 +12,7 @@ float16 targets (page cache warm) and turning them into padded float32 batches, 
 trained. Then peak RSS of short training runs for two batch budgets, on short files and on
 files of 40 s and 120 s: memory follows the budget, not the file length.
 
-Every figure comes from the real training loop (``distill.train.distill``): steps are timed
+Every figure comes from the real training loop (``distill.training.distillation.distill``): steps are timed
 from the ``elapsed`` / ``audio_seconds`` of its log rows, after warm-up steps.
 """
 
@@ -61,8 +61,8 @@ def _base_hubert(folder: Path) -> str:
 
 def _train_cfg(teacher: str, data: list[str], out: Path, spec, steps: int, batch_seconds: float, cache: bool,
                cache_root: Path):
-    from distill.cache import CacheConfig
-    from distill.train import DistillConfig, TrainConfig
+    from distill.data.cache import CacheConfig
+    from distill.training.distillation import DistillConfig, TrainConfig
 
     return DistillConfig(teacher=teacher, data=data, out=str(out), student=spec, cache=CacheConfig(root=str(cache_root)),
                          train=TrainConfig(max_steps=steps, warmup_steps=2, batch_seconds=batch_seconds,
@@ -83,8 +83,8 @@ def _steady_throughput(run: Path, warmup: int) -> dict:
 
 def _read_limit(cache, teacher, items, spec, batch_seconds: float, seconds: float = 5.0) -> float:
     """Audio seconds per second of only reading cached batches into float32 tensors (pages warm)."""
-    from distill.audio import SAMPLE_RATE
-    from distill.batches import BatchPlan, CachedSource
+    from distill.data.audio import SAMPLE_RATE
+    from distill.data.batches import BatchPlan, CachedSource
     from students.registry import build_student
 
     student = build_student(spec, teacher)
@@ -106,10 +106,10 @@ def _du(folder: Path) -> int:
 
 def bench_teacher(name: str, teacher_spec: str, data: list[str], work: Path, steps: int, warmup: int,
                   batch_seconds: float) -> dict:
-    from distill.cache import CacheConfig
-    from distill.data import list_audio
-    from distill.teacher import load_teacher
-    from distill.train import TrainConfig, cache_for_students, distill
+    from distill.data.cache import CacheConfig
+    from distill.data.corpus import list_audio
+    from distill.models.teacher import load_teacher
+    from distill.training.distillation import TrainConfig, cache_for_students, distill
 
     students = _students()
     teacher = load_teacher(teacher_spec)
@@ -150,8 +150,8 @@ def _long_files(data: list[str], folder: Path, seconds: list[float]) -> str:
     """Files of the given lengths made by joining the corpus's utterances (16 kHz wav)."""
     import torch
 
-    from distill.audio import load_audio, write_wav
-    from distill.data import list_audio
+    from distill.data.audio import load_audio, write_wav
+    from distill.data.corpus import list_audio
 
     items, _ = list_audio(data)
     pool = [load_audio(i.path) for i in items[:200]]
@@ -180,7 +180,7 @@ def _rss_child(args: dict) -> None:
     """
     import gc
 
-    import distill.train as train
+    import distill.training.distillation as train
 
     setup, after_setup = train.setup, {}
 
@@ -265,7 +265,7 @@ def main() -> None:
         _rss_child(json.loads(args.rss_child))
         return
 
-    from tasks.corpora import SentencesConfig, build_sentences
+    from tasks.corpora.synthetic import SentencesConfig, build_sentences
 
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))
     data = args.data or [str(build_sentences(SentencesConfig(speakers=40, utterances_per_speaker=12)))]
@@ -309,7 +309,7 @@ def _subset_manifest(data: list[str], path: Path, n: int) -> None:
     """A fairseq manifest of a seeded subset of ``data`` (absolute paths)."""
     import random
 
-    from distill.data import list_audio
+    from distill.data.corpus import list_audio
 
     items, _ = list_audio(data)
     if n and len(items) > n:

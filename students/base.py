@@ -10,10 +10,10 @@ A student kind is a :class:`StudentModel` subclass with
   e.g. prediction heads);
 * ``from_teacher(teacher, options, context) -> student``: the initial student;
 * ``distill_pairs(outputs, targets, **step_kwargs) -> [(label, prediction, target), ...]``: which
-  output regresses which teacher state (``targets``: :class:`distill.core.TeacherTargets`);
+  output regresses which teacher state (``targets``: :class:`distill.core.protocol.TeacherTargets`);
 * ``describe()`` and ``card_rows()``: the text that reports and model cards show.
 
-It implements the model protocol of :mod:`distill.core` (forward, features_and_states, info,
+It implements the model protocol of :mod:`distill.core.protocol` (forward, features_and_states, info,
 num_layers, frontend, final_norm, name, without_layers, save_pretrained), so a student is
 accepted wherever a teacher is. ``save_pretrained`` / ``AutoModel.from_pretrained`` need
 nothing but the saved folder (the frontend is rebuilt from the config).
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distill.core import ModelInfo, TeacherTargets, autocast_for, check_wav_batch, count_params, require_finite
+from distill.core.protocol import ModelInfo, TeacherTargets, autocast_for, check_wav_batch, count_params, require_finite
 
 
 class StudentConfig(PretrainedConfig):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.core import lengths_to_mask
+from distill.core.protocol import lengths_to_mask
 
 
 class MimicMLP(nn.Module):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from distill.core import evenly_spaced, lengths_to_mask
+from distill.core.protocol import evenly_spaced, lengths_to_mask
 
 from .base import BuildContext
 from .hf_layers import HFLayerConfig, HFLayerStudent, check_layer_teacher
@@ -88,7 +88,7 @@ class DistilHubertStudent(HFLayerStudent):
         """Parameters of what inference runs: the heads count only when exposed."""
         from dataclasses import replace
 
-        from distill.core import count_params
+        from distill.core.protocol import count_params
 
         info = super().info
         return info if self.config.expose_heads else replace(info, params_stack=count_params(self.inner))

@@ -8,7 +8,7 @@ plain folder of that architecture (``HubertModel``, ``Wav2Vec2Model``, ``WavLMMo
 (:meth:`HFLayerStudent.to_hf_model`).
 
 Parameter names: ``frontend.*`` (CNN + projection, or Whisper's convolutions) and
-``stack.*`` (a kind's wrapper around :class:`distill.stacks.SSLStack` / ``WhisperStack``).
+``stack.*`` (a kind's wrapper around :class:`distill.core.stacks.SSLStack` / ``WhisperStack``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.core import check_layers_to_remove, require_finite
-from distill.fsutil import atomic_dir
-from distill.stacks import delete_layers, hf_parts, set_num_layers
+from distill.core.fsutil import atomic_dir
+from distill.core.protocol import check_layers_to_remove, require_finite
+from distill.core.stacks import delete_layers, hf_parts, set_num_layers
 
 from .base import StudentConfig, StudentModel
 
@@ -34,7 +34,7 @@ def arch_config(arch: str, config_dict: dict, num_layers: int):
     """The Hugging Face config of ``arch`` from a dict, with ``num_layers`` layers and no layerdrop."""
     from transformers import WhisperConfig
 
-    from distill.frontends import _ssl_classes
+    from distill.core.frontends import _ssl_classes
 
     d = {k: v for k, v in config_dict.items() if k not in ("transformers_version",)}
     config = WhisperConfig(**d) if arch == "whisper" else _ssl_classes(arch)[0](**d)
@@ -154,7 +154,7 @@ class HFLayerStudent(StudentModel):
 
     @property
     def inner(self) -> nn.Module:
-        """The :class:`~distill.stacks.SSLStack` / ``WhisperStack`` holding the unique layers."""
+        """The :class:`~distill.core.stacks.SSLStack` / ``WhisperStack`` holding the unique layers."""
         return getattr(self.stack, "inner", self.stack)
 
     @property

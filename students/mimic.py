@@ -11,8 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distill.core import check_layers_to_remove
-from distill.frontends import build_frontend
+from distill.core.frontends import build_frontend
+from distill.core.protocol import check_layers_to_remove
 
 from .base import BuildContext, StudentConfig, StudentModel
 from .blocks import MimicStack, build_block

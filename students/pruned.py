@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distill.core import check_layers_to_remove
+from distill.core.protocol import check_layers_to_remove
 
 from .base import BuildContext
 from .hf_layers import HFLayerConfig, HFLayerStudent, check_layer_teacher
@@ -52,22 +52,22 @@ def choose_removed(teacher, options: PrunedOptions, context: BuildContext) -> tu
     n = options.n_remove or max(1, num_layers // 2)
     check_layers_to_remove(range(1, n + 1), num_layers)
     if options.ordering in ("last", "first"):
-        from distill.prune import removal_order
+        from distill.analysis.prune import removal_order
 
         return sorted(removal_order(options.ordering, num_layers)[:n]), {"how": options.ordering}
     if not context.data:
         raise ValueError(f"pruned student: ordering {options.ordering!r} needs training audio to rank layers on")
-    from distill.data import analysis_batches
+    from distill.data.corpus import analysis_batches
 
     loader, _ = analysis_batches(context.data, options.crop_seconds, 40.0, options.max_utterances, context.seed)
     if options.ordering == "block_influence":
-        from distill.prune import block_influence, removal_order
+        from distill.analysis.prune import block_influence, removal_order
 
         influence = block_influence(teacher, loader)
         return sorted(removal_order("block_influence", num_layers, influence)[:n]), \
             {"how": "block_influence", "influence": influence}
-    from distill.analysis import SimilaritySettings, similarity_matrices
-    from distill.comflp import coarse_search
+    from distill.analysis.comflp import coarse_search
+    from distill.analysis.similarity import SimilaritySettings, similarity_matrices
 
     settings = SimilaritySettings(measures=[options.measure], mode="whole", max_samples=options.max_utterances,
                                   l2_normalize=True, seed=context.seed)

@@ -57,7 +57,7 @@ class StudentSpec:
         for kind, options in self.sections.items():  # own copies: specs never share option objects
             cls = student_class(kind).options_class
             if isinstance(options, dict):
-                from distill.config import load_config
+                from distill.core.config import load_config
 
                 options = load_config(cls, None, options)
             if not isinstance(options, cls):
@@ -65,7 +65,7 @@ class StudentSpec:
             sections[kind] = copy.deepcopy(options)
         self.sections = sections
 
-    # hooks of distill.config: one typed sub-section per registered kind
+    # hooks of distill.core.config: one typed sub-section per registered kind
     @staticmethod
     def config_sections() -> dict[str, type]:
         return {kind: cls.options_class for kind, cls in KINDS.items()}

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from distill.core import check_layers_to_remove
+from distill.core.protocol import check_layers_to_remove
 
 from .base import BuildContext
 from .hf_layers import HFLayerConfig, HFLayerStudent, check_layer_teacher

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.data import AudioDataset, SkipTally, collate_audio, list_audio
-from distill.core import masked_mean
+from distill.core.protocol import masked_mean
+from distill.data.corpus import AudioDataset, SkipTally, collate_audio, list_audio
 
 
 @dataclass

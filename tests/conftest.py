@@ -20,8 +20,7 @@ _SSL_COMMON = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, i
 
 def tiny_config(arch: str, **overrides):
     """A small random-weight config of each supported architecture (offline)."""
-    from transformers import (Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig,
-                              WhisperConfig)
+    from transformers import Data2VecAudioConfig, HubertConfig, Wav2Vec2Config, WavLMConfig, WhisperConfig
 
     if arch == "whisper":
         cfg = dict(num_mel_bins=80, d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2,
@@ -54,7 +53,7 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sentences_corpus(tmp_path_factory) -> Path:
-    from tasks.corpora import SentencesConfig, build_sentences
+    from tasks.corpora.synthetic import SentencesConfig, build_sentences
 
     return build_sentences(SentencesConfig(out=str(tmp_path_factory.mktemp("sent") / "corpus"), speakers=4,
                                            utterances_per_speaker=4, max_words=8, workers=1))
@@ -62,7 +61,7 @@ def sentences_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ks_corpus(tmp_path_factory) -> Path:
-    from tasks.corpora import SpeechCommandsConfig, build_speech_commands
+    from tasks.corpora.synthetic import SpeechCommandsConfig, build_speech_commands
 
     out = tmp_path_factory.mktemp("ks") / "sc"
     build_speech_commands(SpeechCommandsConfig(out=str(out), train_speakers=12, test_speakers=2, unknown_words=4,
@@ -80,7 +79,7 @@ def real_clip() -> Path:
 
 @pytest.fixture(scope="session")
 def vox_corpus(tmp_path_factory) -> Path:
-    from tasks.superb_corpora import VoxCelebConfig, build_voxceleb1
+    from tasks.corpora.superb_corpora import VoxCelebConfig, build_voxceleb1
 
     return build_voxceleb1(VoxCelebConfig(out=str(tmp_path_factory.mktemp("vox") / "vox1"), speakers=4, videos=2,
                                           train_per_speaker=4, valid_per_speaker=1, test_per_speaker=2, workers=1))
@@ -88,7 +87,7 @@ def vox_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fsc_corpus(tmp_path_factory) -> Path:
-    from tasks.superb_corpora import FluentCommandsConfig, build_fluent_commands
+    from tasks.corpora.superb_corpora import FluentCommandsConfig, build_fluent_commands
 
     return build_fluent_commands(FluentCommandsConfig(out=str(tmp_path_factory.mktemp("fsc") / "fsc"),
                                                       train_speakers=2, valid_speakers=1, test_speakers=1, workers=1))
@@ -96,7 +95,7 @@ def fsc_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def libri_corpus(tmp_path_factory) -> Path:
-    from tasks.superb_corpora import LibriSpeechConfig, build_librispeech
+    from tasks.corpora.superb_corpora import LibriSpeechConfig, build_librispeech
 
     return build_librispeech(LibriSpeechConfig(out=str(tmp_path_factory.mktemp("libri") / "ls"), train_speakers=3,
                                                dev_speakers=1, test_speakers=1, utterances_per_speaker=3,

@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from distill.analysis import (SimilarityAccumulator, SimilaritySettings, distance_correlation, layer_samples,
-                              linear_cka, matrices_from_samples, mutual_knn, similarity_matrices)
-from distill.blocks import boundary_targets, find_blocks
-from distill.config import load_config
-from distill.redundancy import AnalyzeConfig, run_analysis
+from distill.analysis.blocks import boundary_targets, find_blocks
+from distill.analysis.similarity import (
+    SimilarityAccumulator,
+    SimilaritySettings,
+    distance_correlation,
+    layer_samples,
+    linear_cka,
+    matrices_from_samples,
+    mutual_knn,
+    similarity_matrices,
+)
+from distill.core.config import load_config
+from distill.jobs.analyze import AnalyzeConfig, run_analysis
 
 
 def _block_matrix(sizes, inside=0.9, outside=0.2):
@@ -119,7 +127,7 @@ def test_analyze_on_a_teacher(tiny_whisper_dir, sentences_corpus, tmp_path):
 
 
 def test_similarity_matrices_on_a_model_stream(tiny_whisper_dir):
-    from distill.teacher import load_teacher
+    from distill.models.teacher import load_teacher
 
     teacher = load_teacher(str(tiny_whisper_dir))
     g = torch.Generator().manual_seed(0)

@@ -19,13 +19,22 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.audio import SAMPLE_RATE
-from distill.batches import BatchPlan, CachedSource, OnlineSource
-from distill.cache import (PROBE_BLOCK, CacheBuildConfig, CacheConfig, CacheDamaged, CacheSpec, TargetCache,
-                          cache_base, prepare_cache, probe_file, run_cache_build)
-from distill.data import list_audio, load_segments, split_items
-from distill.teacher import load_teacher
-from distill.train import DistillConfig, TrainConfig, distill
+from distill.data.audio import SAMPLE_RATE
+from distill.data.batches import BatchPlan, CachedSource, OnlineSource
+from distill.data.cache import (
+    PROBE_BLOCK,
+    CacheConfig,
+    CacheDamaged,
+    CacheSpec,
+    TargetCache,
+    cache_base,
+    prepare_cache,
+    probe_file,
+)
+from distill.data.corpus import list_audio, load_segments, split_items
+from distill.jobs.cache_build import CacheBuildConfig, run_cache_build
+from distill.models.teacher import load_teacher
+from distill.training.distillation import DistillConfig, TrainConfig, distill
 from students.mimic import MimicOptions
 from students.registry import StudentSpec, build_student
 
@@ -118,7 +127,7 @@ def test_each_key_part_invalidates_it(teacher, tiny_whisper_dir, corpus, tmp_pat
 
 
 def test_an_interrupted_build_is_detected_and_completed(teacher, corpus, tmp_path, monkeypatch):
-    import distill.cache as cache_mod
+    import distill.data.cache as cache_mod
 
     reference = _build(teacher, corpus, tmp_path / "reference")
     commits = []
@@ -183,7 +192,7 @@ def _losses(run: Path, key: str) -> list[float]:
 
 def test_cached_training_lowers_the_loss_like_online_training_without_running_the_teacher(
         tiny_whisper_dir, corpus, tmp_path, monkeypatch):
-    from distill.teacher import Teacher
+    from distill.models.teacher import Teacher
 
     online = distill(_train_cfg(str(tiny_whisper_dir), corpus, tmp_path / "online", tmp_path / "cache", False))
     # build the cache first, then forbid the teacher's forward pass: training must read the cache only
@@ -205,7 +214,7 @@ def test_cached_training_lowers_the_loss_like_online_training_without_running_th
 
 def test_validation_is_the_same_audio_online_and_cached(teacher, corpus, tmp_path):
     """Both sources validate on the first window of each held-out file: equal losses, float16 aside."""
-    from distill.losses import pairs_loss
+    from distill.training.losses import pairs_loss
 
     items, _ = list_audio(corpus)
     train_items, valid_items = split_items(items, 0.3, 0, 64)
@@ -309,7 +318,7 @@ def test_a_damaged_shard_is_detected_named_and_rebuilt_alone(teacher, corpus, tm
     assert f"{victim}: {reason}" in str(err.value)
     files = _files(folder)
 
-    with caplog.at_level(logging.WARNING, logger="distill.cache"):
+    with caplog.at_level(logging.WARNING, logger="distill.data.cache"):
         if damage == "missing":  # the command repairs it too, and says so
             summary = _build_command(teacher, corpus, tmp_path / "cache")
             assert not summary["reused"] and list(summary["repaired"]) == ["shard_00001"]
@@ -367,7 +376,7 @@ def test_the_shard_checksum_samples_blocks(tmp_path):
 
 def test_a_partial_build_is_never_marked_complete(teacher, corpus, tmp_path, monkeypatch):
     """Another build taking over plan.json, or a shard gone before the manifest: an error, no manifest."""
-    import distill.cache as cache_mod
+    import distill.data.cache as cache_mod
 
     original = cache_mod._ShardWriter.commit
     for what in ("another build", "shard gone"):
@@ -432,7 +441,7 @@ def test_a_held_lock_makes_a_second_build_refuse_or_wait(teacher, tiny_whisper_d
 
     items, _ = list_audio(corpus)
     cfg = _cfg(root, lock_wait_seconds=1.5)  # in this process: waits, saying so once, then gives up
-    with caplog.at_level(logging.WARNING, logger="distill.cache"), \
+    with caplog.at_level(logging.WARNING, logger="distill.data.cache"), \
             pytest.raises(ValueError, match="gave up after waiting 1.5 s") as gave_up:
         prepare_cache(teacher, items, _command_spec(), cfg, progress=False)
     assert f"remove {lock} if that process is gone" in str(gave_up.value)
@@ -484,7 +493,7 @@ def test_a_stale_lock_is_taken_over_and_one_of_another_host_is_not(teacher, corp
     with pytest.raises(ValueError, match=f"pid {gone.pid} on host another-host"):  # cannot tell: not stale
         prepare_cache(teacher, items, _command_spec(), _cfg(root, lock_wait_seconds=0), progress=False)
     lock, folder = _hold_lock(teacher, corpus, root, gone.pid)  # a dead process of this host
-    with caplog.at_level(logging.WARNING, logger="distill.cache"):
+    with caplog.at_level(logging.WARNING, logger="distill.data.cache"):
         cache = prepare_cache(teacher, items, _command_spec(), _cfg(root, lock_wait_seconds=0), progress=False)
     assert f"{lock}: a stale lock (left by pid {gone.pid} on host {socket.gethostname()}" in _warnings(caplog)
     assert cache.folder == folder and not cache.reused and not lock.exists()

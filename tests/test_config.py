@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.cli import main
-from distill.config import load_config, to_dict
-from distill.train import DistillConfig
+from distill.core.config import load_config, to_dict
+from distill.training.distillation import DistillConfig
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -22,7 +22,7 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_overwrite_is_never_saved_nor_read_from_a_file(tmp_path):
-    from distill.config import save_config
+    from distill.core.config import save_config
 
     cfg = load_config(DistillConfig, None, ["overwrite=true"])
     assert cfg.overwrite is True

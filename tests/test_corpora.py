@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.data import list_audio
-from tasks.corpora import COMMANDS, SpeechCommandsConfig, build_speech_commands
-from tasks.synth import Speaker, add_noise, speak
+from distill.data.corpus import list_audio
+from tasks.corpora.synth import Speaker, add_noise, speak
+from tasks.corpora.synthetic import COMMANDS, SpeechCommandsConfig, build_speech_commands
 
 
 def test_speech_commands_layout_is_what_s3prl_reads(ks_corpus):

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.audio import AudioError, load_audio
-from distill.data import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio
+from distill.data.audio import AudioError, load_audio
+from distill.data.corpus import AudioDataset, LengthBucketBatchSampler, collate_audio, list_audio
 
 
 def _tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
@@ -129,7 +129,7 @@ def test_a_window_of_a_long_file_is_read_alone(tmp_path):
     """A crop of a 10-minute file costs the crop, not the file; the samples are those of a full read."""
     import tracemalloc
 
-    from distill.data import segment_spans
+    from distill.data.corpus import segment_spans
 
     rng = np.random.default_rng(0)
     long = rng.standard_normal(600 * 16000).astype(np.float32) * 0.1
@@ -147,7 +147,7 @@ def test_a_window_of_a_long_file_is_read_alone(tmp_path):
 
 
 def test_no_batch_exceeds_the_budget_even_with_a_40_s_file(tmp_path):
-    from distill.batches import BatchPlan
+    from distill.data.batches import BatchPlan
 
     rng = np.random.default_rng(0)
     for name, seconds in (("long40.wav", 40.0), ("a.wav", 1.0), ("b.wav", 2.5), ("c.wav", 0.5)):

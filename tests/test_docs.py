@@ -187,7 +187,7 @@ class Cli:
             raise ImportError("; ".join(errors))
         self.commands = mod._commands()
         self.parser: argparse.ArgumentParser = mod.build_parser(self.commands)
-        self.config_from_args = _import_first("distill.config", "distill.core.config").config_from_args
+        self.config_from_args = _import_first("distill.core.config", "distill.core.config").config_from_args
 
     @staticmethod
     def subparsers(parser: argparse.ArgumentParser):

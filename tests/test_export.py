@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from distill.export import ExportConfig, export, export_student
-from distill.teacher import load_teacher
+from distill.deploy.export import ExportConfig, export, export_student
+from distill.models.teacher import load_teacher
 from students.registry import StudentSpec, build_student
 from students.shared import SharedOptions
 
@@ -190,14 +190,14 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
     exported student folder; no stackdistill hub entry, adapter or runner involved."""
     from s3prl.problem import SuperbKS
 
-    from tasks.ks import resolve_ks_roots
-    from tasks.s3prl_compat import apply
+    from tasks.corpora.layouts import resolve_ks_roots
+    from tasks.superb.s3prl_compat import apply
 
     teacher = load_teacher(str(save_tiny_model("hubert", tmp_path / "t", num_hidden_layers=4)))
     spec = StudentSpec(kind="pruned")
     spec.pruned.ordering = "last"
     out = export_student(build_student(spec, teacher), tmp_path / "export")
-    apply()  # torchaudio 2.8 / pandas 2 fixes for s3prl itself (README, "Dependencies")
+    apply()  # torchaudio 2.8 / pandas 2 fixes for s3prl itself (docs/dependencies.md)
     train, test = resolve_ks_roots(str(ks_corpus))
     problem = SuperbKS()
     conf = problem.default_config()
@@ -210,3 +210,39 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
 
     result = yaml.safe_load((tmp_path / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text())
     assert 0.0 <= float(result["accuracy"]) <= 1.0
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "export_before_move_mimic"
+
+
+def _fixture_input() -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.arange(16000) / 16000
+    wav = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), 0.2 * torch.sin(2 * torch.pi * 220 * t)])
+    return wav, torch.tensor([16000, 9000])
+
+
+def test_an_export_made_before_the_move_still_loads(tmp_path):
+    """A mimic student exported by the flat ``distill/`` layout (its modelling code bundled then) loads
+    today both ways, with transformers alone and as a stackdistill model, and gives the recorded outputs."""
+    ref = json.loads((FIXTURE.parent / "export_before_move_mimic_reference.json").read_text())
+    clean = _run_clean(f"""
+        import math
+        from transformers import AutoModel
+        m = AutoModel.from_pretrained({str(FIXTURE)!r}, trust_remote_code=True).eval()
+        t = torch.arange(16000) / 16000
+        wav = torch.stack([0.3 * torch.sin(2 * math.pi * 440 * t), 0.2 * torch.sin(2 * math.pi * 220 * t)])
+        with torch.no_grad():
+            states, fl = m(wav, torch.tensor([16000, 9000]))
+        print(json.dumps({{"ours": ours(), "frame_lengths": fl.tolist(), "num_states": len(states),
+                          "sums": [float(states[-1][i, :n].sum()) for i, n in enumerate(fl.tolist())]}}))
+    """, tmp_path)
+    assert clean["ours"] == []
+    assert clean["frame_lengths"] == ref["frame_lengths"] and clean["num_states"] == ref["num_states"]
+    assert clean["sums"] == pytest.approx(ref["last_state_valid_sum"], rel=1e-4)
+    model = load_teacher(str(FIXTURE))  # the same folder through stackdistill's own student classes
+    wav, lengths = _fixture_input()
+    with torch.no_grad():
+        states, fl = model(wav, lengths)
+    assert fl.tolist() == ref["frame_lengths"]
+    assert [float(states[-1][i, :n].abs().sum()) for i, n in enumerate(fl.tolist())] == \
+        pytest.approx(ref["last_state_valid_abs_sum"], rel=1e-4)

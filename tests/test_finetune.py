@@ -12,11 +12,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.finetune import FinetuneConfig, classifier_accuracy, finetune
-from distill.loop import TrainConfig
-from distill.stats import accuracy_record, wilson
-from distill.teacher import load_teacher
-from tasks.labelled import load_labelled
+from distill.core.stats import accuracy_record, wilson
+from distill.jobs.finetune_run import FinetuneConfig, finetune
+from distill.models.teacher import load_teacher
+from distill.training.finetune import classifier_accuracy
+from distill.training.loop import TrainConfig
+from tasks.corpora.labelled import load_labelled
 
 from .conftest import save_tiny_model
 
@@ -144,9 +145,9 @@ def test_finetuning_the_whisper_teacher_on_keyword_spotting(tiny_whisper_dir, ks
 
 
 def test_scoring_from_stored_frontend_output_equals_running_the_model(ks_corpus, tiny_whisper_dir, tmp_path):
-    from distill.classifier import ClassificationHead
-    from distill.finetune import FrontendTestSet
-    from distill.prune import prune
+    from distill.analysis.prune import prune
+    from distill.models.classifier import ClassificationHead
+    from distill.training.finetune import FrontendTestSet
 
     teacher = load_teacher(str(tiny_whisper_dir))
     corpus = load_labelled("ks", str(ks_corpus))

@@ -6,14 +6,14 @@ import time
 
 import pytest
 
-import distill.prune_run
-import distill.redundancy
-import distill.teacher
+import distill.jobs.analyze
+import distill.jobs.prune_run
+import distill.models.teacher
 from distill.cli import main
-from distill.config import load_config
-from distill.prune_run import PruneConfig, run_prune
-from distill.redundancy import AnalyzeConfig, run_analysis
-from distill.teacher import check_teacher_spec, load_teacher, looks_like_hub_id, looks_like_local_path
+from distill.core.config import load_config
+from distill.jobs.analyze import AnalyzeConfig, run_analysis
+from distill.jobs.prune_run import PruneConfig, run_prune
+from distill.models.teacher import check_teacher_spec, load_teacher, looks_like_hub_id, looks_like_local_path
 
 UNKNOWN_HUB_ID = "stackdistill-tests/no-such-model"
 
@@ -23,7 +23,7 @@ def no_teacher(monkeypatch):
     """Any attempt to load a teacher fails the test."""
     def refuse(*_args, **_kwargs):
         raise AssertionError("the teacher was loaded before the settings were checked")
-    for module in (distill.redundancy, distill.prune_run):
+    for module in (distill.jobs.analyze, distill.jobs.prune_run):
         monkeypatch.setattr(module, "load_teacher", refuse)
 
 
@@ -164,9 +164,9 @@ def test_uncached_hub_id_offline_from_the_command_line(no_teacher, sentences_cor
 
 def test_uncached_hub_id_without_network_fails_in_seconds(monkeypatch):
     """This machine cannot reach the hub: one quick request decides, not transformers' retries."""
-    for name in distill.teacher.OFFLINE_VARIABLES:
+    for name in distill.models.teacher.OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(distill.teacher, "HUB_CHECK_TIMEOUT", 3.0)
+    monkeypatch.setattr(distill.models.teacher, "HUB_CHECK_TIMEOUT", 3.0)
     t0 = time.monotonic()
     with pytest.raises(ValueError) as err:
         check_teacher_spec(UNKNOWN_HUB_ID)

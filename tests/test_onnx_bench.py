@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import students
-from distill.bench_run import BenchCommandConfig, run_bench
-from distill.audio import real_speech_batch
-from distill.export import ExportConfig, export
-from distill.onnx_export import check_onnx, export_onnx
-from distill.teacher import load_teacher
+from distill.data.audio import real_speech_batch
+from distill.deploy.export import ExportConfig, export
+from distill.deploy.onnx_export import check_onnx, export_onnx
+from distill.jobs.bench_run import BenchCommandConfig, run_bench
+from distill.models.teacher import load_teacher
 
 from .conftest import save_tiny_model
 
@@ -82,7 +81,7 @@ def test_bench_reports_every_field_for_every_model(tiny_whisper_dir, tmp_path):
 
 
 def test_peak_memory_in_a_fresh_process_grows_with_the_batch(tiny_whisper_dir):
-    from distill.bench_run import peak_rss_in_fresh_process
+    from distill.jobs.bench_run import peak_rss_in_fresh_process
 
     peaks = peak_rss_in_fresh_process(str(tiny_whisper_dir), [(2.0, 1), (20.0, 8)])
     assert peaks["20s_x8"] > peaks["2s_x1"] >= 0  # 80x the audio: activations the kernel counted

@@ -10,15 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.loop import TrainConfig
-from distill.paper import PaperConfig, run_paper
-from distill.prune import knn_block_influence, removal_order
+from distill.analysis.prune import knn_block_influence, removal_order
+from distill.jobs.paper import PaperConfig, run_paper
+from distill.training.loop import TrainConfig
 
 from .conftest import save_tiny_model
 
 
 def test_knn_block_influence_ranks_an_identity_layer_first(tiny_whisper_dir):
-    from distill.teacher import load_teacher
+    from distill.models.teacher import load_teacher
 
     teacher = load_teacher(str(tiny_whisper_dir))
     layer = teacher.stack.layers[1]

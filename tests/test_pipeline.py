@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from distill.config import load_config
-from distill.pipeline import PipelineConfig, run_pipeline
-from distill.teacher import load_teacher
+
+from distill.core.config import load_config
+from distill.jobs.pipeline import PipelineConfig, run_pipeline
+from distill.models.teacher import load_teacher
 
 REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_audio_second", "ks_test_accuracy"}
 
@@ -87,8 +88,8 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     assert all(saved["models"][n]["distill"]["targets"] == "cache" for n in students)
     assert [saved["models"][n]["distill"]["steps"] for n in students] == [6, 4, 4, 4, 4]  # student_steps
     # before / after an earlier run (here: the same run)
-    from distill.pipeline import compare_with_baseline
-    from distill.report import render_report
+    from distill.jobs.pipeline import compare_with_baseline
+    from distill.jobs.report import render_report
 
     base = compare_with_baseline(saved, str(run / "report.json"))
     row = base["models"]["mimic-mlp"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.blocks import find_blocks
-from distill.comflp import coarse_search, fine_search, proposal_score, segments
-from distill.config import load_config
-from distill.prune import block_influence, prune, removal_order, save_pruned, skip_layers
-from distill.prune_run import PruneConfig, run_prune
-from distill.teacher import load_teacher
+from distill.analysis.blocks import find_blocks
+from distill.analysis.comflp import coarse_search, fine_search, proposal_score, segments
+from distill.analysis.prune import block_influence, prune, removal_order, save_pruned, skip_layers
+from distill.core.config import load_config
+from distill.jobs.prune_run import PruneConfig, run_prune
+from distill.models.teacher import load_teacher
 from tasks.probe import ProbeConfig, run_probe
 
 from .conftest import save_tiny_model
@@ -156,7 +156,7 @@ def test_prune_command_writes_curves_and_search(tiny_whisper_dir, sentences_corp
 
 @pytest.mark.slow
 def test_ks_metric_scores_a_pruned_model_on_the_validation_split(tiny_whisper_dir, ks_corpus, tmp_path):
-    from distill.prune_run import _metric_fn
+    from distill.jobs.prune_run import _metric_fn
 
     teacher = load_teacher(str(tiny_whisper_dir))
     cfg = load_config(PruneConfig, None, {"teacher": str(tiny_whisper_dir), "metric": "ks",

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from transformers import AutoModel
 
-from distill.config import load_config, to_dict
-from distill.export import export_student, load_student
-from distill.frontends import build_frontend
-from distill.train import DistillConfig, TrainConfig, distill
+from distill.core.config import load_config, to_dict
+from distill.core.frontends import build_frontend
+from distill.deploy.export import export_student, load_student
+from distill.training.distillation import DistillConfig, TrainConfig, distill
 from students.base import StudentConfig, StudentModel
 from students.registry import StudentSpec, register_student
 

@@ -106,7 +106,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_equals_uninterrupted(uninterru
 HANG_IN_CHECKPOINT = """
 import time
 from pathlib import Path
-import distill.checkpoints as checkpoints
+import distill.training.checkpoints as checkpoints
 _save = checkpoints.TrainerState.save
 def _hanging_save(self, path):
     if self.step == 10:

@@ -21,11 +21,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.checkpoints import verify_checkpoint
 from distill.cli import main
-from distill.core import NonFiniteError
-from distill.export import ExportConfig, export, export_student, load_student
-from distill.train import DistillConfig, TrainConfig, distill
+from distill.core.protocol import NonFiniteError
+from distill.deploy.export import ExportConfig, export, export_student, load_student
+from distill.training.checkpoints import verify_checkpoint
+from distill.training.distillation import DistillConfig, TrainConfig, distill
 from students.mimic import MimicOptions
 from students.registry import StudentSpec
 
@@ -103,7 +103,7 @@ def test_save_pretrained_and_export_refuse_non_finite_weights(tiny_whisper_dir, 
 _NAN_ON_RANK_1 = '''
 import os
 import torch
-import distill.train as train
+import distill.training.distillation as train
 
 _loss = train.DistillObjective.loss
 
@@ -234,13 +234,14 @@ def test_a_second_run_into_the_same_out_is_refused(tiny_whisper_dir, sentences_c
 
 
 def test_every_run_writing_command_refuses_an_occupied_out(tmp_path, sentences_corpus, monkeypatch):
-    from distill.bench_run import BenchCommandConfig, run_bench
-    from distill.paper import PaperConfig, run_paper
-    from distill.prune_run import PruneConfig, run_prune
-    from distill.redundancy import AnalyzeConfig, run_analysis
-    from distill.pipeline import PipelineConfig, run_pipeline
-    from distill.finetune import FinetuneConfig, finetune
-    from tasks.evaluate import EvaluateConfig, evaluate
+    from distill.jobs.analyze import AnalyzeConfig, run_analysis
+    from distill.jobs.bench_run import BenchCommandConfig, run_bench
+    from distill.jobs.finetune_run import FinetuneConfig
+    from distill.jobs.paper import PaperConfig, run_paper
+    from distill.jobs.pipeline import PipelineConfig, run_pipeline
+    from distill.jobs.prune_run import PruneConfig, run_prune
+    from tasks.superb.evaluate import EvaluateConfig
+    from tasks.superb.suite import evaluate
 
     out = tmp_path / "taken"
     out.mkdir()
@@ -255,7 +256,7 @@ def test_every_run_writing_command_refuses_an_occupied_out(tmp_path, sentences_c
         "prune": lambda: run_prune(PruneConfig(data=[str(sentences_corpus)], metric="reconstruction", out=str(out))),
     }
     # refused before any model loads
-    for module in ("distill.teacher", "distill.redundancy", "distill.prune_run"):
+    for module in ("distill.models.teacher", "distill.jobs.analyze", "distill.jobs.prune_run"):
         monkeypatch.setattr(f"{module}.load_teacher", lambda *a, **k: pytest.fail("a teacher was loaded"))
     for name, call in calls.items():
         with pytest.raises(ValueError, match="already holds a run"):
@@ -322,8 +323,8 @@ def test_fp16_overflows_the_scaler_handles_are_routine_but_nan_losses_are_not(tm
     the guard is driven with a stand-in for Accelerate's scaler.)"""
     from types import SimpleNamespace
 
-    from distill.checkpoints import TrainerState
-    from distill.loop import TrainingDiverged, _DivergenceGuard
+    from distill.training.checkpoints import TrainerState
+    from distill.training.loop import TrainingDiverged, _DivergenceGuard
 
     scaler = SimpleNamespace(scale=65536.0, get_scale=lambda: scaler.scale)
     acc = SimpleNamespace(scaler=scaler, num_processes=1, device="cpu")

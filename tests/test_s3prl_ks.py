@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import students
-from distill.teacher import load_teacher
-from tasks.evaluate import EvaluateConfig, evaluate
-from tasks.ks import resolve_ks_roots
-from tasks.s3prl_upstream import register
+from distill.models.teacher import load_teacher
+from tasks.corpora.layouts import resolve_ks_roots
+from tasks.superb.evaluate import EvaluateConfig
+from tasks.superb.s3prl_upstream import register
+from tasks.superb.suite import evaluate
 
 
 def test_adapter_speaks_s3prl_upstream_interface(tiny_whisper_dir):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.analysis import cosine, distance_correlation, linear_cka, mutual_knn
+from distill.analysis.similarity import cosine, distance_correlation, linear_cka, mutual_knn
 
 RNG = np.random.default_rng(0)
 

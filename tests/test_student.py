@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 import students
-from distill.export import export_student
-from distill.teacher import load_teacher
+from distill.deploy.export import export_student
+from distill.models.teacher import load_teacher
 from students.registry import StudentSpec, build_student
 
 from .conftest import save_tiny_model

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModel
 
 import students
-from distill.core import SpeechModel, TeacherTargets
-from distill.teacher import load_teacher
+from distill.core.protocol import SpeechModel, TeacherTargets
+from distill.models.teacher import load_teacher
 from students.registry import KINDS, StudentSpec, build_student
 from students.shared import map_depth
 
@@ -172,8 +172,8 @@ def test_pruned_student_defaults_to_comflp_half_on_training_audio(teachers, sent
 
 
 def test_unknown_kind_and_mimic_fields_elsewhere_are_clear_errors():
-    from distill.config import load_config
-    from distill.train import DistillConfig
+    from distill.core.config import load_config
+    from distill.training.distillation import DistillConfig
 
     with pytest.raises(ValueError, match="unknown student kind"):
         load_config(DistillConfig, None, {"student.kind": "nope"})
@@ -181,7 +181,7 @@ def test_unknown_kind_and_mimic_fields_elsewhere_are_clear_errors():
         load_config(DistillConfig, None, {"student.shared.block_type": "mlp"})
     cfg = load_config(DistillConfig, None, {"student.kind": "shared", "student.shared.groups": 2})
     assert cfg.student.options.groups == 2
-    from distill.config import to_dict
+    from distill.core.config import to_dict
 
     saved = to_dict(cfg)["student"]
     assert saved["kind"] == "shared" and saved["shared"]["groups"] == 2 and "mimic" not in saved

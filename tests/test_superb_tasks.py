@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tasks.evaluate import EvaluateConfig, evaluate
-from tasks.registry import TASKS, get_task
-from tasks.suite import SuiteConfig, run_suite
-from tasks.superb import MetricRecord, retention_pct
+from tasks.superb.evaluate import EvaluateConfig
+from tasks.superb.protocol import MetricRecord, retention_pct
+from tasks.superb.registry import TASKS, get_task
+from tasks.superb.suite import SuiteConfig, evaluate, run_suite
 
 
 @pytest.fixture(scope="session")
 def iemocap_folder(tmp_path_factory, sentences_corpus) -> Path:
     """A tiny IEMOCAP-layout folder: plumbing only (espeak has no acted emotion; labels cycle)."""
-    from distill.audio import load_audio, write_wav
+    from distill.data.audio import load_audio, write_wav
 
     root = tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release"
     clips = sorted(sentences_corpus.rglob("*.flac"))
@@ -105,7 +105,7 @@ def test_broken_layouts_name_what_is_missing(vox_corpus, fsc_corpus, libri_corpu
 
 def _tiny_student(tiny_whisper_dir, folder: Path) -> Path:
     import students
-    from distill.teacher import load_teacher
+    from distill.models.teacher import load_teacher
 
     if not folder.is_dir():
         students.mimic_from_teacher(load_teacher(str(tiny_whisper_dir))).save_pretrained(folder)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from distill.teacher import load_teacher
+from distill.models.teacher import load_teacher
 
 from .conftest import save_tiny_model
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from distill.train import DistillConfig, TrainConfig, distill
+from distill.training.distillation import DistillConfig, TrainConfig, distill
 from students.mimic import MimicOptions
 from students.registry import StudentSpec
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from distill.audio import load_audio
-from distill.ct2 import read_ct2_model
-from distill.teacher import load_teacher, offline_whisper_folder
+from distill.data.audio import load_audio
+from distill.models.ct2 import read_ct2_model
+from distill.models.teacher import load_teacher, offline_whisper_folder
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_converted_decoder_transcribes_the_real_clip(tiny_en, real_clip):
     from tokenizers import Tokenizer
     from transformers import WhisperForConditionalGeneration
 
-    from distill.ct2 import load_hf_whisper
+    from distill.models.ct2 import load_hf_whisper
 
     model = load_hf_whisper(offline_whisper_folder(), WhisperForConditionalGeneration)
     clip = load_audio(real_clip)

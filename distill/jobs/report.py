@@ -1,0 +1,162 @@
+"""``report.md`` of the main job, rendered from ``report.json``'s content (see distill.jobs.pipeline).
+
+Every description comes from the models themselves (``describe()`` of each student), so a new
+student kind appears here without a line of this file changing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{x:.1f} %"
+
+
+def _acc(accuracy: float | None, ci95=None) -> str:
+    """``86.87 % [84.7, 88.8]`` (the interval when known)."""
+    if accuracy is None:
+        return ""
+    return f"{100 * accuracy:.2f} %" + ("" if not ci95 else f" [{100 * ci95[0]:.1f}, {100 * ci95[1]:.1f}]")
+
+
+def _protocols_table(r: dict) -> list[str]:
+    """Per model: SUPERB's protocol and the redundancy paper's, side by side, each with its interval."""
+    p = r.get("paper")
+    if not p:
+        return []
+    n_superb = r["models"]["teacher"].get("ks_test_n")
+    n_paper = p["models"]["teacher"]["test"]["n"]
+    lines = ["## Both protocols, side by side", "",
+             f"SUPERB's (frozen model, s3prl's downstream on its hidden states; the pretrained teacher; n = {n_superb}) "
+             f"and the redundancy paper's (teacher fine-tuned on KS, mimic stage 1 + stage 2; n = {n_paper}), on the "
+             "same KS test clips. Brackets: 95 % Wilson intervals.", "",
+             "| model | params total | SUPERB KS acc. | SUPERB retention | paper-protocol acc. | paper retention |",
+             "|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        paper_acc = _acc(m["paper_test_accuracy"], (m.get("paper_test") or {}).get("ci95"))
+        lines.append(f"| {name} | {m['params_total']:,} | {_acc(m['ks_test_accuracy'], m.get('ks_test_ci95'))} | "
+                     f"{_pct(m.get('retention_pct'))} | {paper_acc} | {_pct(m.get('paper_retention_pct'))} |")
+    return lines + [""]
+
+
+def _models_table(r: dict) -> list[str]:
+    lines = ["| model | kind | params total | params stack | stack compression | CPU s / s audio | speed-up | "
+             "KS test acc. | retention | distillation (steps, best valid loss) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["models"].items():
+        d = m.get("distill")
+        speedup = "" if name == "teacher" else f"{m['speedup']:.1f}x"
+        distilled = "" if not d else f"{d['steps']}, {d['best_valid_loss']:.4f}"
+        lines.append(
+            f"| {name} | {m.get('kind', '')} | {m['params_total']:,} | {m['params_stack']:,} | "
+            f"{_pct(m.get('stack_compression_pct'))} | {m['cpu_seconds_per_audio_second']:.4f} | "
+            f"{speedup} | {_acc(m['ks_test_accuracy'], m.get('ks_test_ci95'))} | {_pct(m.get('retention_pct'))} | "
+            f"{distilled} |")
+    return lines
+
+
+def _baseline(base: dict | None) -> list[str]:
+    """Before / after an earlier run (``baseline_report``): what longer training did to each model."""
+    if not base:
+        return []
+
+    def pair(row, key, fmt):
+        a, b = row["before"][key], row["after"][key]
+        return " -> ".join("" if v is None else fmt(v) for v in (a, b))
+
+    lines = [f"### Against the earlier run `{base['report']}` ({base['date']})", "",
+             "| model | distillation steps | best valid loss | KS test acc. | retention |", "|---|---|---|---|---|"]
+    for name, row in base["models"].items():
+        lines.append(f"| {name} | {pair(row, 'steps', str)} | {pair(row, 'best_valid_loss', lambda v: f'{v:.4f}')} | "
+                     f"{pair(row, 'ks_test_accuracy', lambda v: f'{100 * v:.2f} %')} | "
+                     f"{pair(row, 'retention_pct', lambda v: f'{v:.1f} %')} |")
+    t = base["seconds_total"]
+    return lines + ["", f"Wall time {t['before'] / 60:.1f} -> {t['after'] / 60:.1f} min.", ""]
+
+
+def _layer_consistency(name: str, lc: dict) -> list[str]:
+    c = lc["claims"]
+    lines = [f"### Layer consistency: `{name}` at every depth", "",
+             f"One trained model ({lc['groups']} shared layer group(s), {lc['max_depth']} applications), exported "
+             "as a plain model at each depth:", "",
+             "| depth | KS test acc. (s3prl) | KS retention | probe acc. | CPU s / s audio |", "|---|---|---|---|---|"]
+    for p in lc["curve"]:
+        ks = "" if p["ks_test_accuracy"] is None else f"{100 * p['ks_test_accuracy']:.2f} %"
+        lines.append(f"| {p['depth']} | {ks} | {_pct(p['ks_retention_pct'])} | {100 * p['probe_accuracy']:.1f} % | "
+                     f"{p['cpu_seconds_per_audio_second']:.4f} |")
+    t = lc["teacher"]
+    lines += [f"| teacher | {100 * t['ks_test_accuracy']:.2f} % | | | {t['cpu_seconds_per_audio_second']:.4f} |", "",
+              "Against the Layer Consistency paper (Tian et al., arXiv 2105.00812), measured in this run:", "",
+              "| claim | paper | here |", "|---|---|---|",
+              f"| fewer stack parameters than the teacher | {c['param_ratio']['paper']}x | "
+              f"{c['param_ratio']['ratio']:.1f}x ({c['param_ratio']['shared_stack']:,} vs "
+              f"{c['param_ratio']['teacher_stack']:,}) |",
+              f"| faster training step than a non-shared model of the same depth trained at full depth | "
+              f"{c['train_step']['paper_pct']} % | {c['train_step']['faster_pct']:.1f} % "
+              f"({c['train_step']['shared_sampled_seconds']:.3f} s vs {c['train_step']['unshared_full_depth_seconds']:.3f} s"
+              f"; against the same non-shared model at the same sampled depths: "
+              f"{c['train_step']['faster_than_unshared_sampled_pct']:.1f} %, the part due to sharing) |",
+              f"| faster inference at half depth ({c['half_depth']['depth']} of {c['half_depth']['full_depth']}) | "
+              f"{c['half_depth']['paper_pct']} % | {c['half_depth']['inference_faster_pct']:.1f} % |",
+              f"| KS accuracy kept at half depth | comparable | {_pct(c['half_depth']['ks_kept_pct'])} "
+              f"(probe {_pct(c['half_depth']['probe_kept_pct'])}) |", "",
+              f"![depth curve](layer_consistency/{name}/depth_curve.png)", ""]
+    return lines
+
+
+def render_report(r: dict) -> str:
+    models = r["models"]
+    lines = [f"# stackdistill report ({r['date']})", "", f"Teacher `{r['teacher']}`.", ""]
+    lines += [f"- `{n}`: {m['describe']}" for n, m in models.items() if "describe" in m]
+    lines += [""] + _models_table(r) + [
+        "",
+        f"KS: s3prl `SuperbKS` (SUPERB protocol: frozen model, learnt weighted sum of its hidden states and a "
+        f"small downstream), {r['ks']['steps']} downstream steps, 12 classes (chance "
+        f"{100 * r['ks']['chance_accuracy']:.1f} %), {r['models']['teacher'].get('ks_test_n')} test clips (brackets: "
+        f"95 % Wilson interval), data `{r['ks']['data']}`.",
+        f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
+        f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
+        f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
+    c = r.get("cache")
+    if c:
+        lines += [f"Teacher targets: computed once for every student into `{c['folder']}` ({c['segments']:,} segments, "
+                  f"{c['audio_seconds'] / 60:.1f} min of audio, slots {c['slots']}, {c['bytes'] / 1e6:.0f} MB float16; "
+                  + ("found complete, reused" if c["reused"] else f"built in {c['build_seconds']:.0f} s") + ").", ""]
+    lines += _baseline(r.get("baseline"))
+    b = r.get("best_under_a_third")
+    if b:
+        lines += [f"Best student with at most a third of the teacher's parameters: `{b['name']}` "
+                  f"({100 * b['params_fraction_of_teacher']:.1f} % of them) keeps {_pct(b['retention_pct']) or 'an undefined share'} of the "
+                  f"teacher's KS accuracy (goal {b['goal_retention_pct']:.0f} %: "
+                  f"{'met' if b['met'] else 'not met'}).", ""]
+    else:
+        lines += ["No student has at most a third of the teacher's parameters.", ""]
+    lines += ["![KS accuracy against parameters](pareto.png)", ""]
+    lines += _protocols_table(r)
+    if r.get("paper"):
+        from distill.jobs.paper import render_paper
+
+        lines += [render_paper(r["paper"]).replace("](pruning.png)", "](paper/pruning.png)"), ""]
+    for name, lc in (r.get("layer_consistency") or {}).items():
+        lines += _layer_consistency(name, lc)
+    a = r["analysis"]
+    lines += ["## Layer similarity", "",
+              f"{a['counts']['utterances']} utterances ({a['counts']['frames']} frames). Blocks of mutually similar "
+              f"hidden states by {a['block_measure']}: {a['blocks'][a['block_measure']]['blocks']}; mimic students "
+              f"regress layers {a['mimic_targets']}.", ""]
+    lines += [f"![{Path(h).stem}](analysis/{Path(h).name})" for h in a["heatmaps"]]
+    p = r.get("pruning")
+    if p:
+        k = len(next(iter(p["curve"].values())))
+        lines += ["", "## Pruning without retraining", "",
+                  f"{p['metric']} (full model {p['full_model_metric']:.3f}) after removing n layers:", "",
+                  "| ordering | " + " | ".join(f"n={i}" for i in range(k)) + " |", "|---" * (k + 1) + "|"]
+        lines += [f"| {o} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for o, vals in p["curve"].items()]
+        c = p["comflp"]
+        lines += ["", f"CoMFLP, {c['n_remove']} layers removed: coarse search {c['seconds']['coarse']:.3f} s, "
+                  f"fine search over {len(c['candidates'])} candidates {c['seconds']['fine']:.1f} s; best removes "
+                  f"{c['best']['removed']} ({p['metric']} {c['best']['metric']:.3f}).", "",
+                  "![pruning curve](prune/curve.png)"]
+    lines += ["", f"Wall time: {r['seconds']['total'] / 60:.1f} min in all.", ""]
+    return "\n".join(lines)

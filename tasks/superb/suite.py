@@ -1,0 +1,212 @@
+"""The SUPERB suite: every model on every task, one SUPERB-style table.
+
+``stackdistill evaluate --suite ks,sid,ic,pr,asr --models TEACHER,A,B`` runs the grid (the first
+model is the reference for retention), one s3prl run a cell, and writes ``suite.json``,
+``suite.md`` and ``suite.png``: a row a model, a column a task, with params, MACs per second of
+audio, each figure's test-set size and 95 % interval, and each model's retention of the
+reference per task (accuracy ratio; error-rate ratio reference / model). A finished cell (its
+``metrics.json`` written with the same settings) is never recomputed, so a killed suite resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from distill.core.fsutil import write_json_atomic, write_text_atomic
+from distill.deploy.bench import macs_per_audio_second, model_names
+from tasks.superb.evaluate import EvaluateConfig, evaluate_task, run_task
+from tasks.superb.protocol import retention_pct
+from tasks.superb.registry import get_task
+
+log = logging.getLogger(__name__)
+
+
+def default_root(task: str) -> str:
+    """Where ``stackdistill corpus ks|sid|ic|librispeech`` writes the task's synthetic corpus by default
+    (ER has none)."""
+    from tasks.corpora.superb_corpora import FluentCommandsConfig, LibriSpeechConfig, VoxCelebConfig
+    from tasks.corpora.synthetic import SpeechCommandsConfig
+
+    outs = {"ks": SpeechCommandsConfig().out, "sid": VoxCelebConfig().out, "ic": FluentCommandsConfig().out,
+            "pr": LibriSpeechConfig().out, "asr": LibriSpeechConfig().out}
+    return outs.get(task, "")
+
+
+CORPUS_COMMAND = {"ks": "corpus ks", "sid": "corpus sid", "ic": "corpus ic", "pr": "corpus librispeech",
+                  "asr": "corpus librispeech"}
+
+
+@dataclass
+class SuiteConfig:
+    tasks: list[str] = field(default_factory=lambda: ["ks"], metadata={"help": "SUPERB tasks (columns)"})
+    models: list[str] = field(default_factory=list, metadata={"help": "model specs (rows); the first is the reference"})
+    names: list[str] = field(default_factory=list, metadata={"help": "row names (default: from the specs)"})
+    data: dict = field(default_factory=dict, metadata={"help": "task -> dataset root (default: the synthetic corpora)"})
+    steps: dict = field(default_factory=dict, metadata={"help": "task -> downstream steps (default: evaluate.steps)"})
+    out: str = "runs/suite"
+    evaluate: object = None  # an EvaluateConfig: the settings every cell shares
+
+    @classmethod
+    def from_evaluate(cls, cfg) -> "SuiteConfig":
+        models = [m for m in cfg.models.split(",") if m] if isinstance(cfg.models, str) else list(cfg.models)
+        if not models:
+            raise ValueError("--suite needs --models A,B,... (the first is the reference)")
+        tasks = [t for t in cfg.suite.split(",") if t]
+        if cfg.data and len(tasks) > 1:
+            raise ValueError("--data names one root: with several --suite tasks each reads its default root "
+                             "(docs/superb.md); run one task per suite, or use the library's "
+                             "SuiteConfig(data={task: root})")
+        data = {t: cfg.data or default_root(t) for t in tasks}
+        return cls(tasks=tasks, models=models, data=data, out=cfg.out, evaluate=cfg)
+
+
+def fingerprint(spec: str) -> dict:
+    """What identifies a model's weights: every file of its folder by size and modification time
+    (a retrained student at the same path is a new model); a hub id by name."""
+    folder = Path(spec)
+    if not folder.exists():
+        return {"spec": spec}
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    return {"spec": spec, "files": {str(p.relative_to(folder) if p != folder else p.name): [p.stat().st_size,
+                                                                                            p.stat().st_mtime_ns]
+                                    for p in files}}
+
+
+def _cell_settings(cfg, spec: str) -> dict:
+    ignored = ("out", "suite", "models", "num_workers", "overwrite")  # where it is written, not how it is measured
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
+    return settings | {"model": fingerprint(spec)}
+
+
+def run_suite(cfg: SuiteConfig) -> dict:
+    """Run (or resume) the grid; returns ``suite.json``'s content."""
+    from distill.models.teacher import load_teacher
+
+
+    base = cfg.evaluate if cfg.evaluate is not None else EvaluateConfig()
+    tasks = [get_task(t) for t in cfg.tasks]
+    roots = {}
+    for task in tasks:  # every layout checked before any model is loaded or any cell run
+        root = cfg.data.get(task.name) or default_root(task.name)
+        try:
+            task.resolve(root, base.test_data if task.name == "ks" else "")
+        except ValueError as err:
+            hint = f" (the synthetic corpus: stackdistill {CORPUS_COMMAND[task.name]})" if task.name in CORPUS_COMMAND \
+                else ""
+            raise ValueError(f"suite task {task.name}{hint}: {err}") from err
+        roots[task.name] = root
+    names = model_names(cfg.models, cfg.names)
+    out = Path(cfg.out)
+    cells: dict[str, dict[str, dict]] = {name: {} for name in names}
+    for name, spec in zip(names, cfg.models):
+        for task in tasks:
+            cell_dir = out / name / task.name
+            cell_cfg = replace(base, task=task.name, model=spec, data=roots[task.name], out=str(cell_dir), suite="",
+                               models="", steps=int(cfg.steps.get(task.name, base.steps)),
+                               test_data=base.test_data if task.name == "ks" else "")
+            settings = _cell_settings(cell_cfg, spec)
+            done = cell_dir / "metrics.json"
+            if done.is_file() and (cell_dir / "cell.json").is_file() and \
+                    json.loads((cell_dir / "cell.json").read_text()) == json.loads(json.dumps(settings)):
+                log.info("suite: %s / %s already done, reused", name, task.name)
+                cells[name][task.name] = json.loads(done.read_text())
+                continue
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            (cell_dir / "cell.json").unlink(missing_ok=True)  # a kill mid-run must not pair old settings, new metrics
+            cells[name][task.name] = run_task(cell_cfg)
+            write_json_atomic(cell_dir / "cell.json", settings)
+    costs = {}
+    for name, spec in zip(names, cfg.models):
+
+        model = load_teacher(spec)
+        costs[name] = {**model.info.to_dict(), "macs_per_audio_second": macs_per_audio_second(model)}
+    reference = names[0]
+    rows = {}
+    for name in names:
+        rows[name] = {"spec": cfg.models[names.index(name)], **{k: costs[name][k] for k in (
+            "params_frontend", "params_stack", "params_total", "macs_per_audio_second")}, "tasks": {}}
+        for task in tasks:
+            m = cells[name][task.name]
+            rows[name]["tasks"][task.name] = {
+                "metric": m["metric"], "value": m["value"], "higher_is_better": m["higher_is_better"],
+                "test_n": m["test_n"], "units": m.get("units"), "ci95": m["ci95"], "chance": m.get("chance"),
+                "retention_pct": None if name == reference else retention_pct(m, cells[reference][task.name]),
+                "steps": m["steps"], "seconds": m["seconds"]}
+    suite = {"reference": reference, "tasks": cfg.tasks, "models": rows,
+             "data": roots, "table_md": str(out / "suite.md"), "table_png": str(out / "suite.png")}
+    write_json_atomic(out / "suite.json", suite)
+    write_text_atomic(out / "suite.md", render_suite(suite))
+    plot_suite(suite, out / "suite.png")
+    return suite
+
+
+def _fmt(cell: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    interval = f" [{pct(cell['ci95'][0])}, {pct(cell['ci95'][1])}]" if cell.get("ci95") else ""
+    n = f"n = {cell['test_n']}" + (f", {cell['units']} tokens" if cell.get("units") else "")
+    chance = f"; chance {pct(cell['chance'])} %" if cell.get("chance") is not None else ""
+    return f"{pct(cell['value'])} %{interval}, {n}{chance}"
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f}"
+
+
+def render_suite(suite: dict) -> str:
+    """Markdown: a row a model, a column a task (metric in %, interval, size), then retention."""
+    tasks = suite["tasks"]
+    first = next(iter(suite["models"].values()))["tasks"]
+    heads = [f"{t.upper()} {first[t]['metric'].upper()} ({'higher' if first[t]['higher_is_better'] else 'lower'} "
+             "is better)" for t in tasks]
+    lines = ["| model | params | MACs / s of audio (1 s clip) | " + " | ".join(heads) + " |",
+             "|---|---:|---:|" + "---|" * len(tasks)]
+    for name, row in suite["models"].items():
+        cells = " | ".join(_fmt(row["tasks"][t]) for t in tasks)
+        lines.append(f"| {name} | {row['params_total'] / 1e6:.2f} M | {_si(row['macs_per_audio_second'])} | {cells} |")
+    lines += ["", f"Retention of {suite['reference']} (accuracy ratio; error-rate ratio reference / model):", "",
+              "| model | " + " | ".join(t.upper() for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name, row in suite["models"].items():
+        if name == suite["reference"]:
+            continue
+        vals = [row["tasks"][t]["retention_pct"] for t in tasks]
+        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f} %" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_suite(suite: dict, path: Path) -> None:
+    """Grouped bars: each model's retention of the reference per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = suite["tasks"]
+    others = [n for n in suite["models"] if n != suite["reference"]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(tasks), 3.2))
+    width = 0.8 / max(1, len(others))
+    for i, name in enumerate(others):
+        vals = [suite["models"][name]["tasks"][t]["retention_pct"] for t in tasks]
+        xs = [k + i * width for k, v in zip(range(len(tasks)), vals) if v is not None]  # undefined: no bar
+        ax.bar(xs, [min(v, 200) for v in vals if v is not None], width, label=name)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([k + width * (len(others) - 1) / 2 for k in range(len(tasks))], [t.upper() for t in tasks])
+    ax.set_ylabel(f"% of {suite['reference']} (capped at 200)")
+    ax.set_title("SUPERB retention per task")
+    if others:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """``stackdistill evaluate``: ``--task`` one task on one model; ``--suite`` the grid of tasks x models."""
+    if cfg.suite:
+        return run_suite(SuiteConfig.from_evaluate(cfg))
+    return evaluate_task(cfg)
