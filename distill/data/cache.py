@@ -75,15 +75,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from distill.core.fsutil import write_json_atomic
 from distill.data.audio import SAMPLE_RATE, AudioError
 from distill.data.corpus import AudioItem, SkipRecord, load_segments, segment_spans
-from distill.core.fsutil import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from distill.core.fsutil import write_json_atomic
 from distill.core.protocol import require_finite
+from distill.training.ranks import rank0_broadcast
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ class CheckpointManager:
         A damaged one is moved aside to ``damaged_step_N`` with a warning; ``ValueError`` when
         checkpoints exist but none is intact; ``None`` when there are none.
         """
-        from accelerate.utils import broadcast_object_list
-
         chosen: list = [None, None]  # path, error
         if self.acc.is_main_process:
             found = self.candidates()
@@ -277,8 +276,7 @@ class CheckpointManager:
                 chosen[1] = (f"no intact checkpoint in {self.root} to resume from ({'; '.join(problems)}); the "
                              f"damaged ones were moved to damaged_step_N there. Start afresh with --overwrite true "
                              "(or another --out)")
-        if self.acc.num_processes > 1:
-            broadcast_object_list(chosen, from_process=0)
+        chosen = rank0_broadcast(self.acc)(chosen)
         if chosen[1]:
             raise ValueError(chosen[1])
         return Path(chosen[0]) if chosen[0] else None

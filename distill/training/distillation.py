@@ -34,8 +34,9 @@ from distill.data.cache import CacheConfig, CacheSpec, prepare_cache
 from distill.data.corpus import AudioItem, list_audio, split_items
 from distill.models.teacher import load_teacher
 from distill.training.checkpoints import CheckpointManager
-from distill.training.loop import Run, TrainConfig, make_accelerator, prepare_trainable, rank0_broadcast, train_loop
+from distill.training.loop import Run, TrainConfig, make_accelerator, prepare_trainable, train_loop
 from distill.training.losses import LOSSES, pairs_loss
+from distill.training.ranks import rank0_broadcast
 from students.registry import StudentSpec, build_student, student_class
 
 log = logging.getLogger(__name__)
@@ -232,8 +233,6 @@ def _build_student_once(cfg: DistillConfig, acc, out: Path, teacher):
     resumed run reuses the ones its first run wrote, so every rank and every restart trains
     the same student.
     """
-    from accelerate.utils import broadcast_object_list
-
     spec, seed = cfg.student, cfg.train.seed
     saved = out / "config.yaml"
     if cfg.train.resume and saved.is_file():
@@ -245,8 +244,7 @@ def _build_student_once(cfg: DistillConfig, acc, out: Path, teacher):
     if acc.is_main_process:
         student = build_student(spec, teacher, seed=seed, data=data)
         resolved = [student.resolved_options(spec.options)]
-    if acc.num_processes > 1:
-        broadcast_object_list(resolved, from_process=0)
+    resolved = rank0_broadcast(acc)(resolved)
     cfg.student = spec.with_options(**{f.name: getattr(resolved[0], f.name) for f in fields(resolved[0])})
     if student is None:
         student = build_student(cfg.student, teacher, seed=seed, data=data)

@@ -44,7 +44,8 @@ from distill.models.classifier import (
     stack_with_head,
 )
 from distill.training.checkpoints import CheckpointManager
-from distill.training.loop import Run, TrainConfig, make_accelerator, prepare_trainable, rank0_broadcast, train_loop
+from distill.training.loop import Run, TrainConfig, make_accelerator, prepare_trainable, train_loop
+from distill.training.ranks import rank0_broadcast
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,20 +174,6 @@ def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = F
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     return acc
-
-
-def rank0_broadcast(acc):
-    """``share(value)``: the main process's ``value`` on every process (a collective: all must call it)."""
-    from accelerate.utils import broadcast_object_list
-
-    def share(value):
-        if acc.num_processes == 1:
-            return value
-        box = [value]
-        broadcast_object_list(box, from_process=0)
-        return box[0]
-
-    return share
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -354,8 +341,6 @@ RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "test.json", "best",
 
 def _clear_outputs(out: Path) -> None:
     """Remove what an earlier run in ``out`` wrote (``--overwrite true``), so nothing stale is read as new."""
-    import shutil
-
     for name in RUN_OUTPUTS:
         path = out / name
         if path.is_dir():
