@@ -157,7 +157,78 @@ def test_scoring_from_stored_frontend_output_equals_running_the_model(ks_corpus,
     for model in (teacher, prune(teacher, [2])):
         assert test_set.shares_frontend(model)
         assert test_set.accuracy(model) == classifier_accuracy(model, corpus.test, 4.0)
+    from distill.jobs.paper_checks import stage1_check
+
+    itself = stage1_check(teacher, teacher, test_set)  # the teacher as its own student: by hand = scorer
+    assert itself["cosine"] == pytest.approx(1.0) and itself["norm_ratio"] == pytest.approx(1.0)
+    assert itself["accuracy"] == test_set.accuracy(teacher)["accuracy"] and itself["n"] == len(corpus.test)
     other = load_teacher(str(save_tiny_model("whisper", tmp_path / "other", seed=1)))
     other.head, other.labels = teacher.head, teacher.labels
     assert not test_set.shares_frontend(other)  # another frontend: run whole
     assert test_set.accuracy(other) == classifier_accuracy(other, corpus.test, 4.0)
+
+
+def _tone_items(root: Path, counts: dict[str, int], freqs: dict[str, float], seed: int) -> list:
+    from distill.data.corpus import AudioItem
+
+    rng, items = np.random.default_rng(seed), []
+    for label, n in counts.items():
+        for k in range(n):
+            t = np.arange(8000) / 16000
+            wav = 0.2 * np.sin(2 * np.pi * freqs[label] * (1 + 0.03 * rng.standard_normal()) * t)
+            wav = wav + 0.05 * rng.standard_normal(8000)
+            path = root / label / f"{seed}-{k:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, wav.astype(np.float32), 16000)
+            items.append(AudioItem(str(path), 8000, label=label))
+    return items
+
+
+def test_the_linear_classifier_on_the_frontend_output_learns_what_a_logistic_regression_learns(tiny_whisper_dir,
+                                                                                              tmp_path):
+    """Issue 17: on raw frontend output the baseline only learnt the class prior (the majority class).
+
+    An imbalanced training set (like KS, where ``_unknown_`` is most of it) of three tones, a
+    balanced test set: the baseline must beat the majority class and come near an independent
+    reference, scikit-learn's standardised logistic regression on the same pooled features
+    (computed here from the frontend directly, not through the library's pooling).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from distill.training.finetune import finetune_model
+    from tasks.corpora.labelled import LabelledCorpus
+
+    freqs = {"low": 300.0, "mid": 900.0, "high": 2400.0}
+    corpus = LabelledCorpus("folders", ["high", "low", "mid"],
+                            _tone_items(tmp_path / "train", {"low": 40, "mid": 8, "high": 8}, freqs, 0),
+                            _tone_items(tmp_path / "valid", {"low": 4, "mid": 4, "high": 4}, freqs, 1),
+                            _tone_items(tmp_path / "test", {"low": 10, "mid": 10, "high": 10}, freqs, 2))
+    teacher = load_teacher(str(tiny_whisper_dir))
+
+    def pooled(items):
+        rows = []
+        with torch.no_grad():
+            for item in items:
+                wav = torch.from_numpy(sf.read(item.path, dtype="float32")[0])[None]
+                feats, n = teacher.frontend(wav, torch.tensor([wav.shape[1]]))
+                rows.append(feats[0, : int(n[0])].mean(0).double().numpy())
+        return np.stack(rows), np.array([i.label for i in items])
+
+    x_train, y_train = pooled(corpus.train)
+    x_test, y_test = pooled(corpus.test)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_train, y_train)
+    ref_acc = float((reference.predict(x_test) == y_test).mean())
+    t = TrainConfig(max_steps=300, lr=1e-2, warmup_steps=10, batch_seconds=4.0, eval_every=100, save_every=300,
+                    log_every=50, cache=False)
+    run = finetune_model(teacher, corpus, tmp_path / "run", t, stack=False)
+    acc = run["test"]["accuracy"]
+    assert ref_acc > 0.8  # the task is learnable from the frontend output
+    assert acc > 1 / 3 + 0.25 and acc >= ref_acc - 0.15, (acc, ref_acc)
+    from distill.models.classifier import load_classifier
+
+    head = load_classifier(tmp_path / "run" / "best").head
+    assert head.standardize  # saved with its statistics: those of the training set, computed independently
+    np.testing.assert_allclose(head.input_mean.numpy(), x_train.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(head.input_scale.numpy(), x_train.std(0), rtol=1e-3, atol=1e-6)

@@ -87,6 +87,10 @@ def test_paper_protocol_end_to_end(tmp_path):
         # stage 2 learns from the labels: its validation accuracy ends above stage 1's through the teacher's head
         assert m["stages"]["stage2"]["best_valid_accuracy"] > head[-1]
         assert m["stages"]["non_mimicker"]["test"]["n"] == n_test
+        # stage 1 by hand (states through the head, outside the scorer) gives the scorer's figure
+        check = m["stages"]["stage1"]["check"]
+        assert check["n"] == n_test and check["accuracy"] == pytest.approx(m["stages"]["stage1"]["test"]["accuracy"])
+        assert -1 <= check["cosine"] <= 1 and check["norm_ratio"] > 0 and 1 / 3 <= check["majority_share"] <= 1
     assert saved["models"]["pruned-comflp"]["removed_layers"] == [3]
     assert saved["frontend_linear"]["test"]["n"] == n_test
     curves = saved["pruning"]["orderings"]
@@ -94,7 +98,7 @@ def test_paper_protocol_end_to_end(tmp_path):
     assert all(len(c["accuracy"]) == 3 and c["accuracy"][0] == teacher["test"] for c in curves.values())
     assert saved["goal"]["student"] == "mimic-mlp" and isinstance(saved["goal"]["met"], bool)
     md = (out / "paper.md").read_text()
-    assert "fine-tuned teacher" in md and "non-mimicker" in md and f"n = {n_test}" in md
+    assert "fine-tuned teacher" in md and "non-mimicker" in md and f"n = {n_test}" in md and "by hand" in md
     assert r["models"].keys() == saved["models"].keys()
     # the fine-tuned teacher is a standard classification folder, and a teacher again
     config = json.loads((out / "finetune" / "best" / "config.json").read_text())

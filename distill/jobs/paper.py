@@ -12,7 +12,8 @@ Its ">95 % of predictive capacity kept" was measured like this, and not under SU
    from the teacher's) and the mimicking layers (``head_only``: the head alone), best by
    validation accuracy.
 4. **Baselines**: the non-mimicker (the same student with random layers, stage 2 only), a
-   linear classifier on the frontend output alone, and pruning without retraining with the
+   linear classifier on the frontend output alone (standardised by the training set's statistics,
+   as a logistic regression would be), and pruning without retraining with the
    fine-tuned head, for each ordering (kNN block influence, k = 8, included).
 
 Every accuracy is on the task's test split with its size and 95 % Wilson interval; retention
@@ -47,6 +48,7 @@ from distill.data.cache import CacheConfig
 from distill.data.corpus import AudioDataset, LengthBucketBatchSampler, collate_audio
 from distill.deploy.bench import seconds_per_audio_second
 from distill.deploy.export import load_student
+from distill.jobs.paper_checks import stage1_check
 from distill.models.classifier import load_classifier
 from distill.models.teacher import OFFLINE_DEFAULT, load_teacher
 from distill.training.distillation import DistillConfig, distill
@@ -190,14 +192,16 @@ def run_paper(cfg: PaperConfig, corpus: LabelledCorpus | None = None, pruned: di
         s1 = distill(DistillConfig(teacher=str(out / "finetune" / "best"), data=[], out=str(out / "stage1" / name),
                                    student=spec, train=stage1_train, cache=cfg.cache, overwrite=True),
                      items=corpus.train, teacher=ft, valid_items=corpus.valid)
-        s1_acc = test_set.accuracy(_with_head(load_student(out / "stage1" / name), ft.head, ft.labels))
+        s1_student = _with_head(load_student(out / "stage1" / name), ft.head, ft.labels)
+        s1_acc = test_set.accuracy(s1_student)
+        s1_check = stage1_check(ft, s1_student, test_set)  # the same figure by hand, and why
         # 3. stage 2: adaptation, the teacher's head and the mimicking layers
         s2 = finetune_model(load_student(out / "stage1" / name), corpus, out / "stage2" / name, stage2_train, cfg.cache,
                             head=copy.deepcopy(ft.head), head_only=cfg.head_only, config=cfg, test_set=test_set,
                             overwrite=True)
         models[name] = load_classifier(out / "stage2" / name / "best")
         rows[name] = {"stage1": {"test": s1_acc, "best_valid_loss": s1["best_valid_loss"], "steps": s1["steps"],
-                                 "seconds": s1["seconds"]},
+                                 "seconds": s1["seconds"], "check": s1_check},
                       "stage2": {"test": s2["test"], "best_valid_accuracy": s2["best_valid_accuracy"],
                                  "steps": s2["steps"], "seconds": s2["seconds"]},
                       "target_layers": list(spec.options.target_layers), "describe": models[name].describe()}
@@ -303,6 +307,15 @@ def render_paper(r: dict) -> str:
         s1 = interval_text(m["stages"]["stage1"]["test"]) if "stages" in m else "(no retraining)"
         lines.append(f"| {name} | {m['params_total']:,} ({100 * m['params_fraction_of_teacher']:.1f} %) | "
                      f"{m['time_ratio']:.3f} | {s1} | {interval_text(m['test'])} | {m['paper_retention_pct']:.1f} % |")
+    checks = [(n, m["stages"]["stage1"]["check"]) for n, m in r["models"].items()
+              if "check" in m.get("stages", {}).get("stage1", {})]
+    if checks:
+        lines += ["", "Stage 1 checked by hand (`paper_checks.stage1_check`: the student's last state through the "
+                  "teacher's head, and against the teacher's last state, on the same test clips):", "",
+                  "| model | accuracy (by hand) | cosine to the teacher's last state | norm ratio | most predicted |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {n} | {100 * c['accuracy']:.2f} % | {c['cosine']:.3f} | {c['norm_ratio']:.3f} | "
+                  f"`{c['majority_label']}` on {100 * c['majority_share']:.1f} % of clips |" for n, c in checks]
     lines += [""]
     base = [(f"non-mimicker {n} (random layers, stage 2 only)", m["stages"]["non_mimicker"]["test"])
             for n, m in r["models"].items() if "non_mimicker" in m.get("stages", {})]

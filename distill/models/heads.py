@@ -34,21 +34,51 @@ class ClassificationHead(nn.Module):
 
     ``projector`` Linear(D, P) -> mean over valid frames -> ``classifier`` Linear(P, C); with
     ``proj_size=0`` a plain linear classifier on the mean (no projector).
+
+    ``standardize``: the pooled input is first centred and scaled per dimension by statistics of
+    the training set (:meth:`fit_standardization`), as scikit-learn's ``StandardScaler`` before a
+    logistic regression. A linear classifier on raw frontend output needs it: Whisper's frontend
+    output carries the fixed position table, so some dimensions have a large offset shared by
+    every utterance and a spread a million times smaller, and gradient descent on such inputs
+    learns the class prior long before the discriminative directions (issue 17: the baseline
+    predicted the majority class on every test clip). The statistics are buffers, saved with the head.
     """
 
-    def __init__(self, dim: int, num_labels: int, proj_size: int = PROJ_SIZE):
+    def __init__(self, dim: int, num_labels: int, proj_size: int = PROJ_SIZE, standardize: bool = False):
         super().__init__()
-        self.dim, self.num_labels, self.proj_size = dim, num_labels, proj_size
+        self.dim, self.num_labels, self.proj_size, self.standardize = dim, num_labels, proj_size, standardize
         self.projector = nn.Linear(dim, proj_size) if proj_size else nn.Identity()
         self.classifier = nn.Linear(proj_size or dim, num_labels)
+        if standardize:
+            self.register_buffer("input_mean", torch.zeros(dim))
+            self.register_buffer("input_scale", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit_standardization(self, pooled: torch.Tensor) -> None:
+        """Set the centring and scaling from ``pooled`` ``(utterances, dim)``: training utterances' mean states.
+
+        Dimensions that do not vary keep scale 1 (as ``StandardScaler`` does for zero variance).
+        """
+        if not self.standardize:
+            raise ValueError("this head was built without standardize=True")
+        if pooled.dim() != 2 or pooled.shape[1] != self.dim or pooled.shape[0] < 2:
+            raise ValueError(f"standardization needs (utterances >= 2, {self.dim}) pooled states, "
+                             f"got {tuple(pooled.shape)}")
+        pooled = pooled.double()
+        std = pooled.std(0, unbiased=False)
+        self.input_mean.copy_(pooled.mean(0))
+        self.input_scale.copy_(torch.where(std > 0, std, torch.ones_like(std)))
 
     def forward(self, last: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if last.dim() != 3:
             raise ValueError(f"the head takes (batch, frames, dim) states, got {tuple(last.shape)}")
+        if self.standardize:  # per-dimension affine: the same before or after the mean over frames
+            last = (last - self.input_mean) / self.input_scale
         return self.classifier(masked_mean(self.projector(last), frame_lengths))
 
     def shape(self) -> dict:
-        return {"dim": self.dim, "num_labels": self.num_labels, "proj_size": self.proj_size}
+        return {"dim": self.dim, "num_labels": self.num_labels, "proj_size": self.proj_size,
+                "standardize": self.standardize}
 
 
 class StackWithHead(nn.Module):
@@ -122,8 +152,9 @@ def save_hf_classifier(teacher, head: ClassificationHead, labels: list[str], out
     classes = _hf_classes()
     if teacher.arch not in classes or teacher.config is None:
         raise ValueError(f"{teacher.name}: no Hugging Face classification class for architecture {teacher.arch!r}")
-    if head.proj_size == 0:
-        raise ValueError("a Hugging Face classification folder needs a projector (proj_size > 0)")
+    if head.proj_size == 0 or head.standardize:
+        raise ValueError("a Hugging Face classification folder needs a projector (proj_size > 0) and no "
+                         "input standardization")
     config = copy.deepcopy(teacher.config)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from distill.core.config import save_config
 from distill.core.fsutil import write_json_atomic
+from distill.core.protocol import masked_mean
 from distill.core.stats import accuracy_record
 from distill.data.audio import SAMPLE_RATE
 from distill.data.batches import Batch, BatchPlan, CachedSource, OnlineSource
@@ -124,7 +125,10 @@ def finetune_model(model, corpus, out: Path, t: TrainConfig, cache: CacheConfig 
     acc = make_accelerator(out, t, find_unused_parameters=True, overwrite=overwrite)
     labels = corpus.labels
     if head is None:
-        head = ClassificationHead(model.info.dim, len(labels), PROJ_SIZE if stack else 0)
+        head = ClassificationHead(model.info.dim, len(labels), PROJ_SIZE if stack else 0, standardize=not stack)
+        if not stack:  # a linear classifier on the frontend output: standardised by the training set's statistics
+            model.to(acc.device)
+            head.fit_standardization(pooled_frontend_output(model, corpus.train, t.batch_seconds))
     elif head.num_labels != len(labels):
         raise ValueError(f"the head has {head.num_labels} outputs, the corpus {len(labels)} labels")
     head = head.to(acc.device).requires_grad_(True)
@@ -197,6 +201,32 @@ def classifier_accuracy(model, items, batch_seconds: float = 16.0) -> dict:
     return accuracy_record(right, n)
 
 
+def _frontend_batches(model, items, batch_seconds: float):
+    """``(features (batch, frames, dim), frame_lengths (batch,), labels)`` of ``items`` through ``model.frontend``.
+
+    Each utterance on its first ``batch_seconds``; batches in a fixed order (by length).
+    """
+    budget = int(batch_seconds * SAMPLE_RATE)
+    ds = AudioDataset(items, max_samples=budget, random_crop=False)
+    sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))], budget, shuffle=False)
+    device = next(iter(model.parameters())).device
+    with torch.no_grad():
+        for indices in sampler:
+            batch = collate_audio([ds[i] for i in indices])
+            if batch["wav"] is not None:
+                feats, frame_lengths = model.frontend(batch["wav"].to(device), batch["lengths"].to(device))
+                yield feats, frame_lengths, batch["labels"]
+
+
+def pooled_frontend_output(model, items, batch_seconds: float = 16.0) -> torch.Tensor:
+    """Each utterance's frontend output averaged over its valid frames: ``(utterances, dim)``."""
+    pooled = [masked_mean(feats, frame_lengths) for feats, frame_lengths, _ in
+              _frontend_batches(model, items, batch_seconds)]
+    if not pooled:
+        raise ValueError("no readable utterance to compute frontend statistics from")
+    return torch.cat(pooled)
+
+
 class FrontendTestSet:
     """The test utterances through one frozen frontend, computed once.
 
@@ -208,17 +238,7 @@ class FrontendTestSet:
     def __init__(self, reference, items, batch_seconds: float = 16.0):
         self.reference_state = {k: v.detach().clone() for k, v in reference.frontend.state_dict().items()}
         self.items, self.batch_seconds = items, batch_seconds
-        budget = int(batch_seconds * SAMPLE_RATE)
-        ds = AudioDataset(items, max_samples=budget, random_crop=False)
-        sampler = LengthBucketBatchSampler([ds.cropped_length(i) for i in range(len(ds))], budget, shuffle=False)
-        device = next(iter(reference.parameters())).device
-        self.batches = []
-        with torch.no_grad():
-            for indices in sampler:
-                batch = collate_audio([ds[i] for i in indices])
-                if batch["wav"] is not None:
-                    feats, frame_lengths = reference.frontend(batch["wav"].to(device), batch["lengths"].to(device))
-                    self.batches.append((feats, frame_lengths, batch["labels"]))
+        self.batches = list(_frontend_batches(reference, items, batch_seconds))
 
     def shares_frontend(self, model) -> bool:
         state = model.frontend.state_dict() if model.frontend is not None else {}
