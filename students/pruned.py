@@ -72,7 +72,7 @@ def choose_removed(teacher, options: PrunedOptions, context: BuildContext) -> tu
     settings = SimilaritySettings(measures=[options.measure], mode="whole", max_samples=options.max_utterances,
                                   l2_normalize=True, seed=context.seed)
     mats, counts = similarity_matrices(teacher, loader, settings, progress=False)
-    best = coarse_search(mats[options.measure], n, "exhaustive" if num_layers <= 16 else "beam", top_k=5)
+    best = coarse_search(mats[options.measure], n, "exact", top_k=5)
     log.info("CoMFLP coarse search on %d utterances: %s", counts["utterances"], best)
     return list(best[0][0]), {"how": "comflp", "measure": options.measure,
                               "top": [[list(r), s] for r, s in best], "utterances": counts["utterances"]}

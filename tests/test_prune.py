@@ -76,6 +76,30 @@ def test_exhaustive_search_equals_brute_force():
         assert coarse_search(corr, n_remove, "exhaustive", top_k=10) == brute
 
 
+def test_exact_search_equals_brute_force_at_every_depth_and_returns_distinct_proposals():
+    """Issue 17: exact top-K by dynamic programming, against enumeration, for every L <= 14 and every k."""
+    rng = np.random.default_rng(17)
+    for num_layers in range(2, 15):
+        corr = rng.uniform(-1, 1, (num_layers + 1, num_layers + 1))
+        if num_layers % 2:
+            corr = (corr + corr.T) / 2  # symmetric like a real correlation matrix, and not
+        for n_remove in range(1, num_layers):
+            brute = sorted(((c, proposal_score(corr, c)) for c in
+                            itertools.combinations(range(1, num_layers + 1), n_remove)),
+                           key=lambda kv: (-kv[1], kv[0]))[:10]
+            exact = coarse_search(corr, n_remove, "exact", top_k=10)
+            assert [c for c, _ in exact] == [c for c, _ in brute], (num_layers, n_remove)
+            assert [s for _, s in exact] == pytest.approx([s for _, s in brute])
+            assert len({c for c, _ in exact}) == len(exact) == min(10, len(brute))
+            assert all(len(c) == n_remove for c, _ in exact)
+    deep = rng.uniform(0, 1, (33, 33))  # 32 layers, 16 removed: 6e8 proposals, beyond enumeration
+    top = coarse_search(deep, 16, top_k=10)  # exact is the default
+    assert len({c for c, _ in top}) == 10 and all(len(c) == 16 for c, _ in top)
+    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+    beam = coarse_search(deep, 16, "beam", top_k=1, beam=10)[0][1]
+    assert top[0][1] >= beam - 1e-12  # no heuristic beats the exact best
+
+
 def test_greedy_and_beam_find_the_obvious_answer():
     # layers 5..8 change nothing (their input and output are highly correlated), the rest change a lot
     n = 13
@@ -88,6 +112,7 @@ def test_greedy_and_beam_find_the_obvious_answer():
     assert exhaustive == (5, 6, 7, 8)
     assert coarse_search(corr, 4, "greedy", top_k=1)[0][0] == exhaustive
     assert coarse_search(corr, 4, "beam", top_k=1, beam=4)[0][0] == exhaustive
+    assert coarse_search(corr, 4, "exact", top_k=1)[0][0] == exhaustive
 
 
 def test_fine_search_picks_by_metric_not_by_correlation():
@@ -168,3 +193,20 @@ def test_ks_metric_scores_a_pruned_model_on_the_validation_split(tiny_whisper_di
     saved = json.loads((tmp_path / "candidates" / "without_3" / "ks" / "metrics.json").read_text())
     assert saved["valid_best_accuracy"] == value
     assert load_teacher(str(tmp_path / "candidates" / "without_3" / "model")).num_layers == 2
+
+
+def test_comflp_benchmark_smoke_run_writes_every_field(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench.json"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "scripts" / "bench_comflp.py"), "--smoke", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    saved = json.loads(out.read_text())
+    assert saved["timing"] and all({"layers", "n_remove", "proposals", "exact_seconds"} <= set(r)
+                                   for r in saved["timing"])
+    assert all(r["same_top10"] for r in saved["timing"] if "same_top10" in r)
+    assert saved["beam_misses"] and all({"missed_pct", "matrices", "beam"} <= set(r) for r in saved["beam_misses"])
