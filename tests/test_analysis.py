@@ -13,6 +13,7 @@ from distill.analysis.blocks import boundary_targets, find_blocks
 from distill.analysis.similarity import (
     SimilarityAccumulator,
     SimilaritySettings,
+    cosine,
     distance_correlation,
     layer_samples,
     linear_cka,
@@ -102,6 +103,32 @@ def test_frame_and_crop_granularities(granularity, width):
     samples = layer_samples(states, lengths, settings, random.Random(0))
     n = int(lengths.clamp(max=3).sum()) if granularity == "frames" else 40
     assert samples[0].shape == (n, width)
+
+
+def test_crop_matrices_equal_the_public_measures_on_crops_built_by_hand():
+    """Issue 17: the batched route (one Gram per layer, cosines in one product) gives the references."""
+    states, lengths = _fake_states(n_utts=24, frames=12)
+    c = 8
+    settings = SimilaritySettings(granularity="crops", crop_frames=c, mode="whole", max_samples=100, knn_k=4)
+    mats = matrices_from_samples(layer_samples(states, lengths, settings, random.Random(0)), settings)
+
+    def crops(s):  # the first c frames of each utterance, zero past its length, flattened
+        rows = []
+        for b, n in enumerate(lengths.tolist()):
+            x = torch.zeros(c, s.shape[2])
+            x[: min(n, c)] = s[b, : min(n, c)]
+            rows.append(x.flatten())
+        return torch.stack(rows)
+
+    by_hand = [crops(s) for s in states]
+    for a, b in ((0, 1), (1, 4), (2, 3)):
+        x, y = by_hand[a], by_hand[b]
+        assert mats["cosine"][a, b] == pytest.approx(cosine(x, y), abs=1e-6)  # float32 products
+        assert mats["linear_cka"][a, b] == pytest.approx(linear_cka(x, y), abs=1e-6)
+        assert mats["mutual_knn"][a, b] == pytest.approx(mutual_knn(x, y, k=4))
+        assert mats["distance_correlation"][a, b] == pytest.approx(distance_correlation(x, y), abs=1e-6)
+    wide = [torch.cat([x, x], 1) if i == 2 else x for i, x in enumerate(by_hand)]  # a layer of another width
+    assert np.isnan(matrices_from_samples(wide, settings)["cosine"][1, 2])
 
 
 def test_whole_mode_reservoir_keeps_the_cap():

@@ -31,6 +31,14 @@ def _as64(a) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
 
+def _as_matrix(a) -> torch.Tensor:
+    """A ``(samples, features)`` tensor in its own floating type (float32 stays float32)."""
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).detach()
+    if t.dim() != 2:
+        raise ValueError(f"expected a (samples, features) matrix, got shape {tuple(t.shape)}")
+    return t if t.is_floating_point() else t.double()
+
+
 def _pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _as64(x), _as64(y)
     if x.shape[0] != y.shape[0]:
@@ -227,38 +235,81 @@ def _raw_layer_samples(states, frame_lengths, settings: SimilaritySettings, rng:
                 picks.append((b, t))
         rows, cols = torch.tensor([p[0] for p in picks]), torch.tensor([p[1] for p in picks])
         return [s[rows, cols] for s in states]
-    if g == "crops":
+    if g == "crops":  # each utterance's first crop_frames frames, zero beyond its length, flattened
         c = settings.crop_frames
         out = []
         for s in states:
-            crop = s.new_zeros(s.shape[0], c, s.shape[2])  # shorter utterances are zero-padded
-            for b, n in enumerate(frame_lengths.tolist()):
-                m = min(n, c)
-                crop[b, :m] = s[b, :m]
-            out.append(crop.flatten(1))
+            crop = s[:, :c]
+            if crop.shape[1] < c:
+                crop = torch.nn.functional.pad(crop, (0, 0, 0, c - crop.shape[1]))
+            valid = torch.arange(c, device=s.device)[None, :] < frame_lengths.to(s.device)[:, None]
+            out.append((crop * valid.unsqueeze(-1).to(crop.dtype)).flatten(1))
         return out
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {g!r}")
 
 
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``x x^T`` ``(n, n)`` in float64 from ``x (n, d)`` with the wide product in float32.
+
+    The columns are centred first and the mean's part added back in float64 (``x = xc + 1 mu^T``:
+    ``x x^T = xc xc^T + (xc mu) 1^T + 1 (xc mu)^T + |mu|^2``), so a large offset shared by every
+    sample (Whisper's position table in a crop) costs no precision in the centred measures.
+    """
+    mu = x.double().mean(0)
+    xc = (x - mu.to(x.dtype)).float()
+    v = xc.double() @ mu
+    return (xc @ xc.T).double() + v[:, None] + v[None, :] + mu @ mu
+
+
+def _paired_cosines(feats: list[torch.Tensor], norms: list[torch.Tensor], chunk: int = 32) -> np.ndarray:
+    """``(layers, layers)`` mean over samples of the cosine between the same sample in two layers.
+
+    One batched float32 product over samples (``(n, layers, d) @ (n, d, layers)``, in chunks of
+    samples) instead of an element-wise product per pair of layers, which dominated the cost on
+    wide samples (flattened crops). Layers of different widths get NaN (no cosine between them).
+    """
+    n_layers, n = len(feats), feats[0].shape[0]
+    out = np.full((n_layers, n_layers), np.nan)
+    by_width: dict[int, list[int]] = {}
+    for i, f in enumerate(feats):
+        by_width.setdefault(f.shape[1], []).append(i)
+    for layers in by_width.values():
+        norm = torch.stack([norms[i] for i in layers], 1).clamp(min=1e-12)  # (n, m)
+        total = torch.zeros(len(layers), len(layers), dtype=torch.float64)
+        for start in range(0, n, chunk):
+            x = torch.stack([feats[i][start:start + chunk].float() for i in layers], 1)  # (c, m, d)
+            inner = torch.bmm(x, x.transpose(1, 2)).double()  # (c, m, m)
+            u = norm[start:start + chunk]
+            total += (inner / (u[:, :, None] * u[:, None, :])).sum(0)
+        out[np.ix_(layers, layers)] = (total / n).numpy()
+    return out
+
+
 def matrices_from_samples(samples: list[torch.Tensor], settings: SimilaritySettings) -> dict[str, np.ndarray]:
-    """``{measure: (L+1, L+1) matrix}`` for one set of samples; per-layer work is done once."""
-    feats = [_as64(s) for s in samples]
-    n_layers = len(feats)
-    grams = [f @ f.T for f in feats]
+    """``{measure: (L+1, L+1) matrix}`` for one set of samples ``[(n, features)] * (L+1)``.
+
+    One pass per layer: its Gram matrix ``x x^T`` (n x n, :func:`_gram`: the wide product in
+    float32, the result in float64), from which linear CKA, the k-NN sets and the centred
+    distances all follow; the cosines from one batched product over every layer
+    (:func:`_paired_cosines`). The per-pair work is then on n x n matrices only, whatever the
+    width of a sample (a flattened crop is crop_frames x dim wide).
+    """
     need = set(settings.measures)
     unknown = need - set(MEASURES)
     if unknown:
         raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {sorted(MEASURES)}")
+    feats = [_as_matrix(s) for s in samples]
+    n_layers = len(feats)
+    grams = [_gram(f) for f in feats]
     knn = [knn_from_gram(k, settings.knn_k) for k in grams] if "mutual_knn" in need else None
     dist = [centered_distances_from_gram(k) for k in grams] if "distance_correlation" in need else None
-    unit = [torch.nn.functional.normalize(f, dim=1, eps=1e-12) for f in feats] if "cosine" in need else None
+    cos = _paired_cosines(feats, [k.diagonal().sqrt() for k in grams]) if "cosine" in need else None
     out = {m: np.eye(n_layers) for m in settings.measures}
     for a in range(n_layers):
         for b in range(a + 1, n_layers):
             values = {}
             if "cosine" in need:
-                values["cosine"] = float((unit[a] * unit[b]).sum(1).mean()) if feats[a].shape[1] == feats[b].shape[1] \
-                    else float("nan")
+                values["cosine"] = float(cos[a, b])
             if "linear_cka" in need:
                 values["linear_cka"] = cka_from_grams(grams[a], grams[b], settings.cka_unbiased)
             if "mutual_knn" in need:
@@ -283,6 +334,7 @@ class SimilarityAccumulator:
         self.rng = random.Random(settings.seed)
         self.buffer: list[list[torch.Tensor]] | None = None  # per layer, a list of sample rows
         self.seen = 0  # samples offered (for the reservoir)
+        self.filled = 0  # minibatch mode: rows in the mini-batch being filled
         self.sums: dict[str, np.ndarray] | None = None
         self.batches = 0
         self.utterances = 0
@@ -300,36 +352,42 @@ class SimilarityAccumulator:
         samples = [x.detach().cpu() for x in layer_samples(states, frame_lengths, self.s, self.rng)]
         if self.buffer is None:
             self.buffer = [[] for _ in samples]
+        if self.s.mode == "minibatch":  # whole blocks of rows: no per-row copies of wide samples
+            start, n = 0, samples[0].shape[0]
+            while start < n and not self.done:
+                take = min(n - start, self.s.batch_size - self.filled)
+                for layer, x in zip(self.buffer, samples):
+                    layer.append(x[start:start + take])
+                self.filled += take
+                self.seen += take
+                start += take
+                if self.filled >= self.s.batch_size:
+                    self._flush()
+            return
         for i in range(samples[0].shape[0]):
             self._offer([x[i] for x in samples])
-            if self.done:
-                return
 
     def _offer(self, rows: list[torch.Tensor]) -> None:
+        """Whole mode: one sample into the reservoir of ``max_samples``."""
         self.seen += 1
-        if self.s.mode == "whole":
-            if len(self.buffer[0]) < self.s.max_samples:
+        if len(self.buffer[0]) < self.s.max_samples:
+            for layer, r in zip(self.buffer, rows):
+                layer.append(r)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.s.max_samples:
                 for layer, r in zip(self.buffer, rows):
-                    layer.append(r)
-            else:
-                j = self.rng.randrange(self.seen)
-                if j < self.s.max_samples:
-                    for layer, r in zip(self.buffer, rows):
-                        layer[j] = r
-            return
-        for layer, r in zip(self.buffer, rows):
-            layer.append(r)
-        if len(self.buffer[0]) >= self.s.batch_size:
-            self._flush()
+                    layer[j] = r
 
     def _flush(self) -> None:
-        mats = matrices_from_samples([torch.stack(layer) for layer in self.buffer], self.s)
+        mats = matrices_from_samples([torch.cat(layer) for layer in self.buffer], self.s)
         if self.sums is None:
             self.sums = {m: np.zeros_like(v) for m, v in mats.items()}
         for m, v in mats.items():
             self.sums[m] += v
         self.batches += 1
         self.buffer = [[] for _ in self.buffer]
+        self.filled = 0
 
     def result(self) -> dict[str, np.ndarray]:
         if self.s.mode == "whole":
@@ -338,7 +396,7 @@ class SimilarityAccumulator:
             self.batches = 1
             return matrices_from_samples([torch.stack(layer) for layer in self.buffer], self.s)
         if self.batches == 0:
-            have = len(self.buffer[0]) if self.buffer else 0
+            have = self.filled
             raise ValueError(f"not one full mini-batch of {self.s.batch_size} samples (have {have}); "
                              "give more audio or a smaller batch_size")
         return {m: v / self.batches for m, v in self.sums.items()}
