@@ -593,7 +593,7 @@ def test_readme_is_a_front_door():
     ("stackdistill export --format tflite", "must be one of"),
     ("stackdistill evaluate --task kws", "is not one of"),  # a SUPERB task not registered
     ("stackdistill evaluate --suite ks,kws", "is not one of"),
-    ("stackdistill pipeline --tasks ks,sid", "is not one of"),  # a list given as one comma-separated value
+    ("stackdistill pipeline --tasks ks,kws", "is not one of"),  # a comma-separated list with an unknown task
     ("stackdistill analyze --similarity.granularity tokens", "is not one of"),
     ("stackdistill prune --comflp.strategy random", "is not one of"),
     ("stackdistill prune --orderings '[last, middle]'", "is not one of"),

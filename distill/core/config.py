@@ -55,6 +55,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _from_dict(tp, value, where + ".")
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
+        if isinstance(value, str) and "," in value and not value.lstrip().startswith("["):
+            value = [_scalar(v) for v in value.split(",") if v.strip()]  # --lr_grid 1e-4,1e-3
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, (list, tuple)):
@@ -155,14 +157,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
+    return key.strip(), _scalar(raw)
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML value, where ``3e-4`` (a string to YAML) is the number it reads as."""
     value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML reads 3e-4 as a string; accept plain float syntax too.
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") and not value.isalpha() else value
         except ValueError:
             pass
-    return key.strip(), value
+    return value
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | list | None = None) -> T:

@@ -107,7 +107,9 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(crop_seconds=1.0),
                                metadata={"help": "pruning curves + CoMFLP, probe on KS train (teacher/data/out set here)"})
     run_prune: bool = field(default=True, metadata={"help": "pruning curves and CoMFLP (adds a pruned model)"})
-    evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(steps=400, eval_every=100))
+    # every model at its own best downstream lr (by validation), then over two downstream seeds (issue 17)
+    evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(
+        steps=250, eval_every=50, lr_grid=[1e-3, 1e-2], seeds=2))
     # the depth curve by the probe (KS through s3prl at the full depth only): three s3prl runs fewer
     layer_consistency: LayerConsistencyConfig = field(default_factory=lambda: LayerConsistencyConfig(
         ks_every_depth=False))
@@ -133,7 +135,9 @@ def _model_entry(info, eval_metrics: dict, speed: float) -> dict:
             "params_total": info.params_total, "num_layers": info.num_layers,
             "cpu_seconds_per_audio_second": speed, "ks_test_accuracy": eval_metrics["value"],
             "ks_test_n": eval_metrics["test_n"], "ks_test_ci95": eval_metrics["ci95"],
-            "ks_valid_best_accuracy": eval_metrics.get(f"valid_best_{eval_metrics['metric']}")}
+            "ks_valid_best_accuracy": eval_metrics.get(f"valid_best_{eval_metrics['metric']}"),
+            "ks_lr": eval_metrics.get("lr"), "ks_lr_selection": eval_metrics.get("lr_selection"),
+            "ks_seed_runs": eval_metrics.get("seed_runs")}
 
 
 def _resolve_spec(spec: StudentSpec, targets: list[int], comflp_removed: list[int] | None) -> StudentSpec:

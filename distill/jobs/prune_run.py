@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ METRICS = ("probe", "reconstruction", "ks")
 @dataclass
 class ComflpConfig:
     n_remove: int = field(default=0, metadata={"help": "layers to remove (0: half of them)"})
-    strategy: Literal["exact", "exhaustive", "greedy", "beam"] = field(default="exact", metadata={
+    strategy: str = field(default="exact", metadata={
         "help": "coarse search: exact (true top-K at any depth), exhaustive (enumerate), greedy or beam"})
     top_k: int = field(default=10, metadata={"help": "proposals built in the fine search"})
     beam: int = field(default=10, metadata={"help": "beam width"})

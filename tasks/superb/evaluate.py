@@ -36,6 +36,10 @@ class EvaluateConfig:
     steps: int = field(default=0, metadata={"help": "downstream training steps (0: the task's default here)"})
     batch_size: int = field(default=0, metadata={"help": "downstream batch size (0: the task's default here)"})
     lr: float = field(default=0.0, metadata={"help": "downstream learning rate (0: the task's default here)"})
+    lr_grid: list[float] = field(default_factory=list, metadata={
+        "help": "downstream learning rates to try (e.g. 1e-4,1e-3,1e-2): the one with the best validation figure "
+                "is kept; empty: --lr alone"})
+    seeds: int = field(default=1, metadata={"help": "downstream seeds the chosen setting is run with (mean, sd)"})
     eval_every: int = field(default=100, metadata={"help": "validate (and keep the best) every N steps"})
     hidden_size: int = field(default=256, metadata={"help": "utterance tasks and PR: downstream projection width"})
     rnn_hidden: int = field(default=0, metadata={"help": "ASR: BLSTM width (0: the recipe's 1024)"})
@@ -101,6 +105,9 @@ def run_task(cfg: EvaluateConfig) -> dict:
 
 
 def evaluate_task(cfg: EvaluateConfig) -> dict:
-    """One task on one model into ``cfg.out`` (refused when it holds an earlier evaluation, unless ``overwrite``)."""
+    """One task on one model into ``cfg.out`` (refused when it holds an earlier evaluation, unless ``overwrite``),
+    at its best lr of ``cfg.lr_grid`` over ``cfg.seeds`` seeds (:func:`tasks.superb.selection.run_selected`)."""
+    from tasks.superb.selection import run_selected
+
     claim_run_folder(cfg.out, overwrite=cfg.overwrite)
-    return run_task(cfg)
+    return run_selected(cfg)

@@ -6,20 +6,23 @@ model is the reference for retention), one s3prl run a cell, and writes ``suite.
 audio, each figure's test-set size and 95 % interval, and each model's retention of the
 reference per task (accuracy ratio; error-rate ratio reference / model). A finished cell (its
 ``metrics.json`` written with the same settings) is never recomputed, so a killed suite resumes.
+Each cell is measured at the model's own best downstream lr over ``--lr_grid`` (chosen by
+validation) and repeated over ``--seeds`` (:mod:`tasks.superb.selection`); the table shows the
+chosen lr per cell and the spread over seeds.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from distill.core.fsutil import write_json_atomic, write_text_atomic
 from distill.deploy.bench import macs_per_audio_second, model_names
-from tasks.superb.evaluate import EvaluateConfig, evaluate_task, run_task
+from tasks.superb.evaluate import EvaluateConfig, evaluate_task
 from tasks.superb.protocol import retention_pct
 from tasks.superb.registry import get_task
+from tasks.superb.selection import run_selected
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +66,6 @@ class SuiteConfig:
         return cls(tasks=tasks, models=models, data=data, out=cfg.out, evaluate=cfg)
 
 
-def fingerprint(spec: str) -> dict:
-    """What identifies a model's weights: every file of its folder by size and modification time
-    (a retrained student at the same path is a new model); a hub id by name."""
-    folder = Path(spec)
-    if not folder.exists():
-        return {"spec": spec}
-    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-    return {"spec": spec, "files": {str(p.relative_to(folder) if p != folder else p.name): [p.stat().st_size,
-                                                                                            p.stat().st_mtime_ns]
-                                    for p in files}}
-
-
-def _cell_settings(cfg, spec: str) -> dict:
-    ignored = ("out", "suite", "models", "num_workers", "overwrite")  # where it is written, not how it is measured
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
-    return settings | {"model": fingerprint(spec)}
-
-
 def run_suite(cfg: SuiteConfig) -> dict:
     """Run (or resume) the grid; returns ``suite.json``'s content."""
     from distill.models.teacher import load_teacher
@@ -107,17 +92,7 @@ def run_suite(cfg: SuiteConfig) -> dict:
             cell_cfg = replace(base, task=task.name, model=spec, data=roots[task.name], out=str(cell_dir), suite="",
                                models="", steps=int(cfg.steps.get(task.name, base.steps)),
                                test_data=base.test_data if task.name == "ks" else "")
-            settings = _cell_settings(cell_cfg, spec)
-            done = cell_dir / "metrics.json"
-            if done.is_file() and (cell_dir / "cell.json").is_file() and \
-                    json.loads((cell_dir / "cell.json").read_text()) == json.loads(json.dumps(settings)):
-                log.info("suite: %s / %s already done, reused", name, task.name)
-                cells[name][task.name] = json.loads(done.read_text())
-                continue
-            cell_dir.mkdir(parents=True, exist_ok=True)
-            (cell_dir / "cell.json").unlink(missing_ok=True)  # a kill mid-run must not pair old settings, new metrics
-            cells[name][task.name] = run_task(cell_cfg)
-            write_json_atomic(cell_dir / "cell.json", settings)
+            cells[name][task.name] = run_selected(cell_cfg)  # a finished run is reused: a killed suite resumes
     costs = {}
     for name, spec in zip(names, cfg.models):
 
@@ -134,7 +109,8 @@ def run_suite(cfg: SuiteConfig) -> dict:
                 "metric": m["metric"], "value": m["value"], "higher_is_better": m["higher_is_better"],
                 "test_n": m["test_n"], "units": m.get("units"), "ci95": m["ci95"], "chance": m.get("chance"),
                 "retention_pct": None if name == reference else retention_pct(m, cells[reference][task.name]),
-                "steps": m["steps"], "seconds": m["seconds"]}
+                "steps": m["steps"], "seconds": m["seconds"], "lr": m.get("lr"),
+                "lr_selection": m.get("lr_selection"), "seed_runs": m.get("seed_runs")}
     suite = {"reference": reference, "tasks": cfg.tasks, "models": rows,
              "data": roots, "table_md": str(out / "suite.md"), "table_png": str(out / "suite.png")}
     write_json_atomic(out / "suite.json", suite)
@@ -148,7 +124,12 @@ def _fmt(cell: dict) -> str:
     interval = f" [{pct(cell['ci95'][0])}, {pct(cell['ci95'][1])}]" if cell.get("ci95") else ""
     n = f"n = {cell['test_n']}" + (f", {cell['units']} tokens" if cell.get("units") else "")
     chance = f"; chance {pct(cell['chance'])} %" if cell.get("chance") is not None else ""
-    return f"{pct(cell['value'])} %{interval}, {n}{chance}"
+    seeds = cell.get("seed_runs")
+    spread = f" ± {pct(seeds['sd'])} sd over {len(seeds['values'])} seeds" if seeds and len(seeds["values"]) > 1 else ""
+    lr = f"; lr {cell['lr']:g}" if cell.get("lr") else ""
+    chosen = " (best of " + ", ".join(cell["lr_selection"]["valid"]) + " by validation)" \
+        if cell.get("lr_selection") else ""
+    return f"{pct(cell['value'])} %{spread}{interval}, {n}{chance}{lr}{chosen}"
 
 
 def _si(x: float) -> str:
