@@ -168,3 +168,14 @@ def test_suite_table_on_two_models_and_resume(tiny_whisper_dir, ks_corpus, fsc_c
     again = run_suite(cfg)  # every cell finished: nothing recomputed
     assert (tmp_path / "suite" / "mimic" / "ic" / "metrics.json").stat().st_mtime_ns == stamp
     assert again["models"]["mimic"]["tasks"] == suite["models"]["mimic"]["tasks"]
+
+
+def test_the_downstream_seed_changes_the_downstream_run(tiny_whisper_dir, ks_corpus, tmp_path):
+    """s3prl reseeds with 0 while building the featurizer; the patch keeps --seed in force (issue 17)."""
+    from tasks.superb.evaluate import run_task
+
+    runs = [run_task(EvaluateConfig(task="ks", model=str(tiny_whisper_dir), data=str(ks_corpus),
+                                    out=str(tmp_path / f"seed{s}"), steps=4, eval_every=2, batch_size=4, seed=s))
+            for s in (0, 1, 0)]
+    assert runs[0]["extra"]["test_loss"] != runs[1]["extra"]["test_loss"]  # another seed, another head
+    assert runs[0]["extra"]["test_loss"] == runs[2]["extra"]["test_loss"]  # the same seed, the same figures

@@ -37,10 +37,44 @@ def _pandas_iteritems() -> None:
         pd.Series.iteritems = pd.Series.items
 
 
+def _pseudo_wavs_keep_the_seed() -> None:
+    """s3prl's ``get_pseudo_wavs`` (run while the featurizer is built, after the runner seeded
+    itself from ``train.seed`` and before the downstream head exists) calls ``random.seed(0)`` and
+    ``torch.manual_seed(0)``: every downstream seed gave the same head and the same figures. The
+    wrapped call leaves the global random states as it found them, so ``--seed`` / ``--seeds`` count."""
+    import random
+
+    import torch
+    from s3prl.nn import upstream as nn_upstream
+    from s3prl.upstream import utils as upstream_utils
+    from s3prl.util import pseudo_data
+
+    original = pseudo_data.get_pseudo_wavs
+    if getattr(original, "_stackdistill", False):
+        return
+
+    @functools.wraps(original)
+    def get_pseudo_wavs(*args, **kwargs):
+        py_state, torch_state = random.getstate(), torch.random.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            return original(*args, **kwargs)
+        finally:
+            random.setstate(py_state)
+            torch.random.set_rng_state(torch_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
+
+    get_pseudo_wavs._stackdistill = True
+    for module in (pseudo_data, nn_upstream, upstream_utils):
+        module.get_pseudo_wavs = get_pseudo_wavs
+
+
 def apply() -> None:
     global _APPLIED
     if _APPLIED:
         return
     _torchaudio_info_accepts_paths()
     _pandas_iteritems()
+    _pseudo_wavs_keep_the_seed()
     _APPLIED = True
