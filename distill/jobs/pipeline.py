@@ -31,6 +31,7 @@ import torch
 from distill.core.config import save_config
 from distill.core.fsutil import claim_run_folder, write_json_atomic, write_text_atomic
 from distill.core.plots import pareto
+from distill.core.provenance import environment
 from distill.data.cache import CacheConfig
 from distill.data.corpus import AudioDataset, collate_audio, list_audio
 from distill.deploy.bench import seconds_per_audio_second
@@ -334,6 +335,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "slots": cache.slots, "bytes": cache.manifest["bytes"], "files_skipped": len(cache.manifest["skipped"])},
         "timing_batch": {"utterances": len(batch["indices"]), "audio_seconds": float(batch["lengths"].sum()) / 16000,
                          "threads": cfg.bench.threads, "rounds": cfg.bench.rounds},
+        "environment": environment(),
         "seconds": {"total": time.time() - t_start, **{f"distill_{k}": v["seconds"] for k, v in runs.items()},
                     **{f"eval_{k}": v["seconds"] for k, v in evals.items()},
                     **{f"layer_consistency_{k}": v["seconds"] for k, v in lc.items()},

@@ -137,6 +137,11 @@ def render_report(r: dict) -> str:
         f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
         f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
         f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
+    env = r.get("environment")
+    if env:
+        packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+        lines += [f"Environment (what bit-identical figures also depend on): Python {env['python']}, {packages}; "
+                  f"{env['torch_threads']} torch threads, CPU capability {env['torch_cpu_capability']}.", ""]
     c = r.get("cache")
     if c:
         lines += [f"Teacher targets: computed once for every student into `{c['folder']}` ({c['segments']:,} segments, "
