@@ -326,7 +326,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "full_model_metric": pruning["search"]["full_model_metric"],
             "comflp": {k: pruning["search"][k] for k in ("n_remove", "best", "candidates", "seconds")},
             "curve_png": str(out / "prune" / "curve.png")},
-        "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "metric": evals["teacher"]["metric"],
+        "ks": {"data": ks_data, "steps": cfg.evaluate.steps, "lr_grid": list(cfg.evaluate.lr_grid),
+               "seeds": cfg.evaluate.seeds, "metric": evals["teacher"]["metric"],
                "chance_accuracy": evals["teacher"]["chance"]},
         "suite": suite,
         "cache": None if cache is None else {

@@ -38,6 +38,13 @@ def _lr(m: dict) -> str:
     return f"{m['ks_lr']:g}" + (f" (of {', '.join(sel['valid'])})" if sel else "")
 
 
+def _selection(ks: dict) -> str:
+    """How the downstream lr and seeds were set, for the KS sentence of the report."""
+    grid, seeds = ks.get("lr_grid") or [], ks.get("seeds") or 1
+    text = f", each model at the lr of {', '.join(f'{lr:g}' for lr in grid)} best on validation" if grid else ""
+    return text + (f", mean over {seeds} downstream seeds (± their sd)" if seeds > 1 else "")
+
+
 def _protocols_table(r: dict) -> list[str]:
     """Per model: SUPERB's protocol and the redundancy paper's, side by side, each with its interval."""
     p = r.get("paper")
@@ -131,7 +138,7 @@ def render_report(r: dict) -> str:
     lines += [""] + _models_table(r) + [
         "",
         f"KS: s3prl `SuperbKS` (SUPERB protocol: frozen model, learnt weighted sum of its hidden states and a "
-        f"small downstream), {r['ks']['steps']} downstream steps, 12 classes (chance "
+        f"small downstream), {r['ks']['steps']} downstream steps a run{_selection(r['ks'])}, 12 classes (chance "
         f"{100 * r['ks']['chance_accuracy']:.1f} %), {r['models']['teacher'].get('ks_test_n')} test clips (brackets: "
         f"95 % Wilson interval), data `{r['ks']['data']}`.",
         f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
