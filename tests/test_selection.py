@@ -70,7 +70,7 @@ def test_one_lr_and_one_seed_is_one_run_in_the_folder_itself(tmp_path):
     with pytest.raises(ValueError, match="--lr_grid"):
         run_selected(EvaluateConfig(task="ks", model="m", out=str(tmp_path / "x"), lr_grid=[1e-3, 1e-3]), recipe)
     with pytest.raises(ValueError, match="--seeds"):
-        run_selected(EvaluateConfig(task="ks", model="m", out=str(tmp_path / "y"), seeds=0), recipe)
+        run_selected(EvaluateConfig(task="ks", model="m", out=str(tmp_path / "y"), seeds=-1), recipe)
 
 
 def test_the_command_line_takes_a_comma_separated_grid():

@@ -157,12 +157,15 @@ def test_suite_table_on_two_models_and_resume(tiny_whisper_dir, ks_corpus, fsc_c
         cell, ref = row["tasks"][task], suite["models"]["teacher"]["tasks"][task]
         assert cell["test_n"] > 0 and len(cell["ci95"]) == 2
         assert ref["retention_pct"] is None
+        # each cell at its own lr: the task's and ten times it, chosen by validation; two seeds
+        assert cell["lr_selection"]["grid"] == [get_task(task).default_lr, 10 * get_task(task).default_lr]
+        assert cell["lr"] in cell["lr_selection"]["grid"] and len(cell["seed_runs"]["values"]) == 2
         if ref["value"] > ref["chance"]:
             assert cell["retention_pct"] == pytest.approx(100 * cell["value"] / ref["value"])
         else:  # a reference at chance has nothing to retain
             assert cell["retention_pct"] is None
     md = (tmp_path / "suite" / "suite.md").read_text()
-    assert "| mimic |" in md and "KS ACCURACY" in md and "n = " in md
+    assert "| mimic |" in md and "KS ACCURACY" in md and "n = " in md and "by validation" in md
     assert (tmp_path / "suite" / "suite.png").stat().st_size > 0
     stamp = (tmp_path / "suite" / "mimic" / "ic" / "metrics.json").stat().st_mtime_ns
     again = run_suite(cfg)  # every cell finished: nothing recomputed

@@ -38,8 +38,9 @@ class EvaluateConfig:
     lr: float = field(default=0.0, metadata={"help": "downstream learning rate (0: the task's default here)"})
     lr_grid: list[float] = field(default_factory=list, metadata={
         "help": "downstream learning rates to try (e.g. 1e-4,1e-3,1e-2): the one with the best validation figure "
-                "is kept; empty: --lr alone"})
-    seeds: int = field(default=1, metadata={"help": "downstream seeds the chosen setting is run with (mean, sd)"})
+                "is kept; empty: --lr alone (one task) or, in a suite, the task's lr and ten times it"})
+    seeds: int = field(default=0, metadata={
+        "help": "downstream seeds the chosen setting is run with (mean, sd); 0: 1 for one task, 2 in a suite"})
     eval_every: int = field(default=100, metadata={"help": "validate (and keep the best) every N steps"})
     hidden_size: int = field(default=256, metadata={"help": "utterance tasks and PR: downstream projection width"})
     rnn_hidden: int = field(default=0, metadata={"help": "ASR: BLSTM width (0: the recipe's 1024)"})

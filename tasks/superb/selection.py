@@ -94,8 +94,9 @@ def run_selected(cfg, runner=None) -> dict:
     grid = [float(lr) for lr in cfg.lr_grid] or [float(cfg.lr or task.default_lr)]
     if len(set(grid)) != len(grid) or any(lr <= 0 for lr in grid):
         raise ValueError(f"--lr_grid must list distinct positive learning rates, got {cfg.lr_grid}")
-    if cfg.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if cfg.seeds < 0:
+        raise ValueError(f"--seeds must be at least 1 (0: the command's default), got {cfg.seeds}")
+    cfg = replace(cfg, seeds=cfg.seeds or 1)
     out = Path(cfg.out)
     if len(grid) == 1 and cfg.seeds == 1:
         return reused_or_run(replace(cfg, lr=grid[0], lr_grid=[], seeds=1), runner)
@@ -121,7 +122,9 @@ def run_selected(cfg, runner=None) -> dict:
                              "sd": statistics.stdev(values) if len(values) > 1 else 0.0},
                "steps_total": sum(int(r.get("steps", 0)) for r in list(by_lr.values()) + runs[1:]),
                "seconds": sum(float(r.get("seconds", 0.0)) for r in list(by_lr.values()) + runs[1:])}
-    write_json_atomic(out / "metrics.json", metrics)
+    done = out / "metrics.json"
+    if not done.is_file() or json.loads(done.read_text()) != json.loads(json.dumps(metrics)):
+        write_json_atomic(done, metrics)  # a resumed selection with nothing new leaves the file untouched
     log.info("%s %s: lr %g chosen by validation %s; test %s over seeds %s", cfg.model, task.name, chosen,
              {f"{lr:g}": v for lr, v in valid.items()}, values, seeds)
     return metrics

@@ -66,6 +66,19 @@ class SuiteConfig:
         return cls(tasks=tasks, models=models, data=data, out=cfg.out, evaluate=cfg)
 
 
+SUITE_SEEDS = 2  # downstream seeds per cell unless --seeds says otherwise
+
+
+def suite_lr_grid(base, task) -> list[float]:
+    """A cell's lr grid: ``--lr_grid``; else ``--lr`` alone when given; else the task's lr and ten times it
+    (the STaRHuBERT / ARMHuBERT recipes raise SID's tenfold; s3prl issue 268)."""
+    if base.lr_grid:
+        return list(base.lr_grid)
+    if base.lr:
+        return [base.lr]
+    return [task.default_lr, 10 * task.default_lr]
+
+
 def run_suite(cfg: SuiteConfig) -> dict:
     """Run (or resume) the grid; returns ``suite.json``'s content."""
     from distill.models.teacher import load_teacher
@@ -91,7 +104,8 @@ def run_suite(cfg: SuiteConfig) -> dict:
             cell_dir = out / name / task.name
             cell_cfg = replace(base, task=task.name, model=spec, data=roots[task.name], out=str(cell_dir), suite="",
                                models="", steps=int(cfg.steps.get(task.name, base.steps)),
-                               test_data=base.test_data if task.name == "ks" else "")
+                               test_data=base.test_data if task.name == "ks" else "",
+                               lr_grid=suite_lr_grid(base, task), seeds=base.seeds or SUITE_SEEDS)
             cells[name][task.name] = run_selected(cell_cfg)  # a finished run is reused: a killed suite resumes
     costs = {}
     for name, spec in zip(names, cfg.models):
