@@ -48,9 +48,9 @@ def timing(cases: list[tuple[int, int]], repeats: int, enumerate_up_to: float) -
     for layers, k in cases:
         corr = _random_corr(rng, layers)
         row = {"layers": layers, "n_remove": k, "proposals": math.comb(layers, k),
-               "exact_seconds": _seconds(lambda: coarse_search(corr, k, "exact", top_k=10), repeats)}
+               "exact_seconds": _seconds(lambda c=corr, k=k: coarse_search(c, k, "exact", top_k=10), repeats)}
         if math.comb(layers, k) <= enumerate_up_to:
-            row["exhaustive_seconds"] = _seconds(lambda: coarse_search(corr, k, "exhaustive", top_k=10), 1)
+            row["exhaustive_seconds"] = _seconds(lambda c=corr, k=k: coarse_search(c, k, "exhaustive", top_k=10), 1)
             row["same_top10"] = coarse_search(corr, k, "exact") == coarse_search(corr, k, "exhaustive")
         print(json.dumps(row), flush=True)
         rows.append(row)
