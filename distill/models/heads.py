@@ -27,6 +27,7 @@ from distill.core.fsutil import atomic_dir
 from distill.core.protocol import masked_mean
 
 PROJ_SIZE = 256  # Hugging Face's classifier_proj_size default
+RELATIVE_SCALE_FLOOR = 1e-3  # standardisation: a scale below this share of a dimension's RMS is noise
 
 
 class ClassificationHead(nn.Module):
@@ -57,7 +58,10 @@ class ClassificationHead(nn.Module):
     def fit_standardization(self, pooled: torch.Tensor) -> None:
         """Set the centring and scaling from ``pooled`` ``(utterances, dim)``: training utterances' mean states.
 
-        Dimensions that do not vary keep scale 1 (as ``StandardScaler`` does for zero variance).
+        The scale is floored at 1e-3 of the dimension's root mean square, so a dimension whose
+        spread is below float16's resolution of its value (the position table's dimensions: an
+        offset of about 3, a spread of 1e-7) is not blown up from rounding noise (the target cache
+        stores the frontend output in float16); one that does not vary at all keeps scale 1.
         """
         if not self.standardize:
             raise ValueError("this head was built without standardize=True")
@@ -66,8 +70,10 @@ class ClassificationHead(nn.Module):
                              f"got {tuple(pooled.shape)}")
         pooled = pooled.double()
         std = pooled.std(0, unbiased=False)
+        floor = RELATIVE_SCALE_FLOOR * pooled.pow(2).mean(0).sqrt()
+        scale = torch.maximum(std, floor)
         self.input_mean.copy_(pooled.mean(0))
-        self.input_scale.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
 
     def forward(self, last: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if last.dim() != 3:
