@@ -27,7 +27,7 @@ from distill.core.fsutil import atomic_dir
 from distill.core.protocol import masked_mean
 
 PROJ_SIZE = 256  # Hugging Face's classifier_proj_size default
-RELATIVE_SCALE_FLOOR = 1e-3  # standardisation: a scale below this share of a dimension's RMS is noise
+RELATIVE_SCALE_FLOOR = 1e-3  # standardisation: a spread below this share of a dimension's RMS is no signal
 
 
 class ClassificationHead(nn.Module):
@@ -53,15 +53,16 @@ class ClassificationHead(nn.Module):
         if standardize:
             self.register_buffer("input_mean", torch.zeros(dim))
             self.register_buffer("input_scale", torch.ones(dim))
+            self.register_buffer("input_keep", torch.ones(dim))
 
     @torch.no_grad()
     def fit_standardization(self, pooled: torch.Tensor) -> None:
         """Set the centring and scaling from ``pooled`` ``(utterances, dim)``: training utterances' mean states.
 
-        The scale is floored at 1e-3 of the dimension's root mean square, so a dimension whose
-        spread is below float16's resolution of its value (the position table's dimensions: an
-        offset of about 3, a spread of 1e-7) is not blown up from rounding noise (the target cache
-        stores the frontend output in float16); one that does not vary at all keeps scale 1.
+        A dimension whose spread is below 1e-3 of its root mean square (about float16's resolution
+        of its value; the position table's dimensions: an offset of about 3, a spread of 1e-7) is
+        dropped (``input_keep`` 0): scaled up, the target cache's float16 rounding of it would be
+        all the classifier saw there, noise the float32 test features do not have.
         """
         if not self.standardize:
             raise ValueError("this head was built without standardize=True")
@@ -70,16 +71,16 @@ class ClassificationHead(nn.Module):
                              f"got {tuple(pooled.shape)}")
         pooled = pooled.double()
         std = pooled.std(0, unbiased=False)
-        floor = RELATIVE_SCALE_FLOOR * pooled.pow(2).mean(0).sqrt()
-        scale = torch.maximum(std, floor)
+        keep = std > RELATIVE_SCALE_FLOOR * pooled.pow(2).mean(0).sqrt()
         self.input_mean.copy_(pooled.mean(0))
-        self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+        self.input_scale.copy_(torch.where(keep, std, torch.ones_like(std)))
+        self.input_keep.copy_(keep.to(self.input_keep.dtype))
 
     def forward(self, last: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         if last.dim() != 3:
             raise ValueError(f"the head takes (batch, frames, dim) states, got {tuple(last.shape)}")
         if self.standardize:  # per-dimension affine: the same before or after the mean over frames
-            last = (last - self.input_mean) / self.input_scale
+            last = (last - self.input_mean) / self.input_scale * self.input_keep
         return self.classifier(masked_mean(self.projector(last), frame_lengths))
 
     def shape(self) -> dict:
