@@ -165,7 +165,7 @@ def test_prune_command_writes_curves_and_search(tiny_whisper_dir, sentences_corp
         "teacher": str(tiny_whisper_dir), "data": [str(sentences_corpus)], "out": str(tmp_path),
         "metric": "reconstruction", "similarity.batch_size": 8, "similarity.max_batches": 2,
         "similarity.knn_k": 3, "crop_seconds": 1.0, "batch_seconds": 8.0, "comflp.top_k": 3})
-    result = run_prune(cfg)
+    run_prune(cfg)
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert set(curve["orderings"]) == {"last", "first", "block_influence", "knn_block_influence", "similarity_block"}
     for c in curve["orderings"].values():
@@ -176,7 +176,11 @@ def test_prune_command_writes_curves_and_search(tiny_whisper_dir, sentences_corp
     assert search["best"]["metric"] == min(c["metric"] for c in search["candidates"])
     assert (tmp_path / "curve.png").is_file() and (tmp_path / "pruned" / "config.json").is_file()
     assert load_teacher(str(tmp_path / "pruned")).num_layers == 2
-    assert result["search"]["seconds"]["coarse"] < result["search"]["seconds"]["fine"]
+    # the proposals built are the top 3 by the saved correlation matrix (one layer: corr[l-1, l])
+    corr = np.array(json.loads((tmp_path / "similarity.json").read_text())["matrices"]["distance_correlation"])
+    by_corr = sorted(range(1, corr.shape[0]), key=lambda layer: -corr[layer - 1, layer])[:3]
+    assert [c["removed"] for c in search["candidates"]] == [[layer] for layer in by_corr]
+    assert [c["corr_score"] for c in search["candidates"]] == pytest.approx([corr[l - 1, l] for l in by_corr])
 
 
 @pytest.mark.slow

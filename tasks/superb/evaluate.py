@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from distill.core.fsutil import claim_run_folder, write_json_atomic
+from distill.core.fsutil import write_json_atomic
 from tasks.superb.protocol import RecipeOverrides, read_yaml
 from tasks.superb.registry import get_task
 
@@ -103,12 +103,3 @@ def run_task(cfg: EvaluateConfig) -> dict:
                "seconds": elapsed, "roots": {k: str(v) for k, v in roots.items()}}
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
-
-
-def evaluate_task(cfg: EvaluateConfig) -> dict:
-    """One task on one model into ``cfg.out`` (refused when it holds an earlier evaluation, unless ``overwrite``),
-    at its best lr of ``cfg.lr_grid`` over ``cfg.seeds`` seeds (:func:`tasks.superb.selection.run_selected`)."""
-    from tasks.superb.selection import run_selected
-
-    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
-    return run_selected(cfg)

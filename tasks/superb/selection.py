@@ -24,7 +24,7 @@ import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from distill.core.fsutil import write_json_atomic
+from distill.core.fsutil import claim_run_folder, write_json_atomic
 from tasks.superb.evaluate import run_task
 from tasks.superb.protocol import MetricRecord
 from tasks.superb.registry import get_task
@@ -128,3 +128,10 @@ def run_selected(cfg, runner=None) -> dict:
     log.info("%s %s: lr %g chosen by validation %s; test %s over seeds %s", cfg.model, task.name, chosen,
              {f"{lr:g}": v for lr, v in valid.items()}, values, seeds)
     return metrics
+
+
+def evaluate_task(cfg) -> dict:
+    """One task on one model into ``cfg.out`` (refused when it holds an earlier evaluation, unless ``overwrite``),
+    at its best lr of ``cfg.lr_grid`` over ``cfg.seeds`` seeds (:func:`run_selected`)."""
+    claim_run_folder(cfg.out, overwrite=cfg.overwrite)
+    return run_selected(cfg)

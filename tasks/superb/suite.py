@@ -19,10 +19,10 @@ from pathlib import Path
 
 from distill.core.fsutil import write_json_atomic, write_text_atomic
 from distill.deploy.bench import macs_per_audio_second, model_names
-from tasks.superb.evaluate import EvaluateConfig, evaluate_task
+from tasks.superb.evaluate import EvaluateConfig
 from tasks.superb.protocol import retention_pct
 from tasks.superb.registry import get_task
-from tasks.superb.selection import run_selected
+from tasks.superb.selection import evaluate_task, run_selected
 
 log = logging.getLogger(__name__)
 
