@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from distill.core.fsutil import atomic_dir
@@ -66,7 +67,10 @@ def load_classifier(path: str | Path):
         meta = json.loads((path / "classifier.json").read_text())
         model = load_teacher(str(path / "encoder"))
         head = ClassificationHead(**meta["head"])
-        head.load_state_dict(load_file(str(path / "head.safetensors")))
+        state = load_file(str(path / "head.safetensors"))
+        if head.standardize and "input_keep" not in state:  # saved before dimensions could be dropped: all kept
+            state["input_keep"] = torch.ones(head.dim)
+        head.load_state_dict(state)
         head.requires_grad_(False)
         model.head, model.labels = head.eval(), list(meta["labels"])
         model.head_reads = meta.get("reads", "last")
