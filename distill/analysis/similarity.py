@@ -359,7 +359,6 @@ class SimilarityAccumulator:
                 for layer, x in zip(self.buffer, samples):
                     layer.append(x[start:start + take])
                 self.filled += take
-                self.seen += take
                 start += take
                 if self.filled >= self.s.batch_size:
                     self._flush()

@@ -13,21 +13,19 @@ def _pct(x) -> str:
     return "" if x is None else f"{x:.1f} %"
 
 
-def _acc(accuracy: float | None, ci95=None) -> str:
-    """``86.87 % [84.7, 88.8]`` (the interval when known)."""
+def _acc(accuracy: float | None, ci95=None, sd: float | None = None) -> str:
+    """``86.87 % ± 0.50 [84.7, 88.8]`` (the sd over seeds and the interval when known)."""
     if accuracy is None:
         return ""
-    return f"{100 * accuracy:.2f} %" + ("" if not ci95 else f" [{100 * ci95[0]:.1f}, {100 * ci95[1]:.1f}]")
+    return (f"{100 * accuracy:.2f} %" + ("" if sd is None else f" ± {100 * sd:.2f}")
+            + ("" if not ci95 else f" [{100 * ci95[0]:.1f}, {100 * ci95[1]:.1f}]"))
 
 
 def _ks(m: dict) -> str:
     """SUPERB KS: the mean over downstream seeds, their sd, the interval (``86.46 % ± 0.50 [84.3, 88.4]``)."""
     seeds = m.get("ks_seed_runs")
-    if not seeds or len(seeds["values"]) < 2:
-        return _acc(m["ks_test_accuracy"], m.get("ks_test_ci95"))
-    text = _acc(m["ks_test_accuracy"], m.get("ks_test_ci95"))
-    head, _, interval = text.partition(" [")
-    return f"{head} ± {100 * seeds['sd']:.2f}" + (f" [{interval}" if interval else "")
+    sd = seeds["sd"] if seeds and len(seeds["values"]) > 1 else None
+    return _acc(m["ks_test_accuracy"], m.get("ks_test_ci95"), sd)
 
 
 def _lr(m: dict) -> str:
