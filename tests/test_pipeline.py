@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill.core.config import load_config
@@ -16,7 +17,7 @@ REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_
 
 @pytest.mark.slow
 def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, sentences_corpus, ks_corpus, fsc_corpus,
-                                                              tmp_path):
+                                                              prompts_corpus, tmp_path):
     cfg = load_config(PipelineConfig, None, {
         "out": str(tmp_path / "run"), "teacher": str(tiny_whisper_dir), "distill_data": [str(sentences_corpus)],
         "ks_data": str(ks_corpus), "train.max_steps": 4, "train.eval_every": 2, "train.save_every": 4,
@@ -32,6 +33,12 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "paper.stage2.max_steps": 4, "paper.stage2.eval_every": 2, "paper.stage2.batch_seconds": 4.0,
         "paper.analysis_utterances": 32, "paper.timing_utterances": 2, "paper.student_steps": {},
         "tasks": ["ks", "ic"], "task_data": {"ic": str(fsc_corpus)}, "task_steps": {"ic": 4},
+        "prompts.out": str(prompts_corpus), "prompts.languages": ["en", "es"], "prompts.max_files": 16,
+        "prompts.heldout_fraction": 0.34, "prompts.lexicon": False,
+        "heldout_sentences.out": str(tmp_path / "heldout"), "heldout_sentences.speakers": 2,
+        "heldout_sentences.utterances_per_speaker": 4, "heldout_sentences.max_words": 6,
+        "real_speech.similarity.batch_size": 16, "real_speech.similarity.frames_per_utterance": 4,
+        "real_speech.similarity.max_batches": 50,  # every utterance (fewer than 50 x 16 / 4)
     })
     report = run_pipeline(cfg)
     run = tmp_path / "run"
@@ -114,6 +121,28 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     assert "Both protocols, side by side" in md and "redundancy paper's protocol" in md
     assert "mimic-transformer" in md and "KS test acc" in md and "Layer consistency" in md
     assert saved["models"]["shared"]["describe"] in md
+    # real recorded speech: minutes per distillation source, the three checks, in the report
+    from distill.data.corpus import list_audio
+    from tasks.corpora.prompts import manifest_rows
+
+    for source, minutes in saved["distill_minutes"].items():
+        assert minutes == pytest.approx(sum(i.num_samples for i in list_audio(source)[0]) / 16000 / 60)
+    rs = saved["real_speech"]
+    assert not rs["teacher_wer"]["measured"] and "CTranslate2" in rs["teacher_wer"]["reason"]  # no decoder here
+    held = manifest_rows(prompts_corpus, "heldout")
+    assert rs["blocks"]["real"]["counts"]["utterances"] == len(held) and rs["real_data"] == [str(prompts_corpus / "heldout")]
+    assert rs["blocks"]["synthetic"]["counts"]["utterances"] == 8  # 2 speakers x 4 held-out sentences
+    real_m, synth_m = (np.asarray(rs["blocks"][k]["matrix"]) for k in ("real", "synthetic"))
+    assert rs["blocks"]["mean_abs_difference"] == pytest.approx(np.abs(real_m - synth_m)[~np.eye(4, dtype=bool)].mean())
+    assert set(rs["reconstruction"]) == set(students)
+    frames = {k: {r[k]["all"]["frames"] for r in rs["reconstruction"].values()} for k in ("real", "synthetic")}
+    assert all(len(f) == 1 for f in frames.values())  # every student measured on the same frames
+    for row in rs["reconstruction"].values():
+        assert row["cosine_drop"] == pytest.approx(row["synthetic"]["all"]["cosine"] - row["real"]["all"]["cosine"])
+        assert all(-1 <= row[k]["all"]["cosine"] <= 1 and row[k]["all"]["l1"] > 0 for k in ("real", "synthetic"))
+    assert "## Real recorded speech" in md and "WER was not measured" in md
+    for png in ("heatmap_real.png", "heatmap_synthetic.png", "reconstruction.png"):
+        assert (run / "real_speech" / png).stat().st_size > 5000, png
 
 
 def test_student_names_must_be_distinct(tmp_path):

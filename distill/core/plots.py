@@ -107,3 +107,25 @@ def depth_curve(depths: list[int], series: dict[str, list[float]], seconds: list
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: str, title: str) -> None:
+    """One group of bars per name ``{name: {series: value}}`` (e.g. real against synthetic), values printed."""
+    plt = _pyplot()
+    names = list(groups)
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4))
+    for k, s in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(names))]
+        ys = [groups[n].get(s, float("nan")) for n in names]
+        bars = ax.bar(xs, ys, width, label=s)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9, wrap=True)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -30,6 +30,7 @@ def _commands():
     from distill.jobs.pipeline import PipelineConfig, run_pipeline
     from distill.jobs.prune_run import PruneConfig, run_prune
     from distill.training.distillation import DistillConfig, distill
+    from tasks.corpora.prompts import PromptsConfig, build_prompts
     from tasks.corpora.superb_corpora import (
         FluentCommandsConfig,
         LibriSpeechConfig,
@@ -69,6 +70,8 @@ def _commands():
                        VoxCelebConfig, build_voxceleb1),
         "corpus ic": ("synthesise Fluent Speech Commands (action / object / location)",
                       FluentCommandsConfig, build_fluent_commands),
+        "corpus prompts": ("real recorded speech: Asterisk's telephone prompts (5 languages, about 2.2 h) as 16 kHz "
+                           "WAV + manifest, held-out split, English in LibriSpeech layout", PromptsConfig, build_prompts),
         "corpus librispeech": ("synthesise LibriSpeech (exact transcripts, SPEAKERS.TXT, an espeak-ng phoneme "
                                "lexicon for PR)", LibriSpeechConfig, build_librispeech),
     }

@@ -40,12 +40,14 @@ from distill.jobs.analyze import AnalyzeConfig, run_analysis
 from distill.jobs.layer_consistency import LayerConsistencyConfig, measure_layer_consistency
 from distill.jobs.paper import PaperConfig, run_paper
 from distill.jobs.prune_run import PruneConfig, run_prune
+from distill.jobs.real_speech import RealSpeechConfig, run_real_speech_checks
 from distill.jobs.report import render_report
 from distill.models.teacher import OFFLINE_DEFAULT, load_teacher
 from distill.training.distillation import DistillConfig, TrainConfig, cache_for_students, distill
 from students.mimic import MimicOptions
 from students.registry import StudentSpec, student_name
 from tasks.corpora.layouts import resolve_ks_roots
+from tasks.corpora.prompts import PromptsConfig, build_prompts, manifest_rows
 from tasks.corpora.superb_corpora import synthetic_root
 from tasks.corpora.synthetic import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
 from tasks.superb.evaluate import EvaluateConfig
@@ -91,6 +93,15 @@ class PipelineConfig:
                                     metadata={"help": "distillation audio (default: synthetic sentences + KS train)"})
     ks_data: str = field(default="", metadata={"help": "Speech Commands root with train/ test/ (default: synthetic)"})
     sentences: SentencesConfig = field(default_factory=lambda: SentencesConfig(speakers=40, utterances_per_speaker=12))
+    real_prompts: bool = field(default=True, metadata={
+        "help": "real recorded speech: the Asterisk prompts' training split joins the distillation audio, and the "
+                "real-speech checks run on its held-out split"})
+    prompts: PromptsConfig = field(default_factory=PromptsConfig, metadata={"help": "the real prompts corpus"})
+    # never distilled on: other texts and speakers than the training sentences (another seed)
+    heldout_sentences: SentencesConfig = field(default_factory=lambda: SentencesConfig(
+        out="data/sentences-heldout", speakers=20, utterances_per_speaker=8, seed=1))
+    real_speech: RealSpeechConfig = field(default_factory=RealSpeechConfig, metadata={
+        "help": "checks on real speech: the teacher's WER, blocks real vs synthetic, students' reconstruction"})
     # 72 test speakers: 1,108 test clips, a 95 % interval of at most +-3 points on every accuracy
     ks_corpus: SpeechCommandsConfig = field(default_factory=lambda: SpeechCommandsConfig(snr_db=5.0, test_speakers=72,
                                                                                         test_silence=100))
@@ -178,7 +189,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         build_speech_commands(cfg.ks_corpus)
         ks_data = cfg.ks_corpus.out
     ks_train, _ = resolve_ks_roots(ks_data, cfg.evaluate.test_data)
-    distill_data = list(cfg.distill_data) or [str(build_sentences(cfg.sentences)), str(ks_train)]
+    prompts = build_prompts(cfg.prompts) if cfg.real_prompts else None
+    distill_data = list(cfg.distill_data) or [str(build_sentences(cfg.sentences)), str(ks_train)] + (
+        [str(prompts / "train")] if prompts else [])
+    distill_minutes = audio_minutes(distill_data)
 
     # 2. layer similarity and its blocks; the boundary is where mimic students aim
     analysis = run_analysis(replace(cfg.analysis, teacher=cfg.teacher, data=[str(ks_train)],
@@ -259,6 +273,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 f"{100 * row['paper_test_accuracy']:.2f} % (stage 2, its own copy)", "stackdistill paper --task ks ...")
         write_card_evaluation(folder, rows, note=f"Measured by `stackdistill pipeline` on {date.today().isoformat()}.")
 
+    # 8b. real recorded speech: is the teacher sound on it, do its blocks agree, do students generalise to it
+    real = None
+    if prompts and cfg.real_speech.enabled:
+        real = run_real_speech_checks(
+            teacher, students, manifest_rows(prompts, "heldout", "en"), [str(prompts / "heldout")],
+            [str(build_sentences(cfg.heldout_sentences))], cfg.real_speech, out / "real_speech")
+
     # 9. more SUPERB tasks through s3prl (--tasks), teacher and students, as the suite's table
     suite = None
     extra_tasks = [t for t in cfg.tasks if t != "ks"]
@@ -310,7 +331,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     best_small = max(small, key=lambda n: small[n]["ks_test_accuracy"]) if small else None
     report = {
         "date": date.today().isoformat(), "teacher": cfg.teacher, "models": entries,
-        "distill_data": distill_data,
+        "distill_data": distill_data, "distill_minutes": distill_minutes,
+        "real_speech": real,
         "best_under_a_third": None if best_small is None else {
             "name": best_small, "params_fraction_of_teacher": small[best_small]["params_fraction_of_teacher"],
             "retention_pct": small[best_small]["retention_pct"], "goal_retention_pct": 95.0,
@@ -340,13 +362,23 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "seconds": {"total": time.time() - t_start, **{f"distill_{k}": v["seconds"] for k, v in runs.items()},
                     **{f"eval_{k}": v["seconds"] for k, v in evals.items()},
                     **{f"layer_consistency_{k}": v["seconds"] for k, v in lc.items()},
-                    **({"paper": paper["seconds"]["total"]} if paper else {})},
+                    **({"paper": paper["seconds"]["total"]} if paper else {}),
+                    **({"real_speech": real["seconds"]} if real else {})},
     }
     if cfg.baseline_report:
         report["baseline"] = compare_with_baseline(report, cfg.baseline_report)
     write_json_atomic(out / "report.json", report)
     write_text_atomic(out / "report.md", render_report(report))
     return report
+
+
+def audio_minutes(sources: list[str]) -> dict[str, float]:
+    """Minutes of audio in each source (headers only), for the report."""
+    minutes = {}
+    for source in sources:
+        items, _ = list_audio(source)
+        minutes[source] = sum(i.num_samples for i in items) / 16000 / 60
+    return minutes
 
 
 def compare_with_baseline(report: dict, baseline_path: str) -> dict:

