@@ -37,7 +37,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 DOC_PAGES = ["cli", "students", "protocols", "superb", "cache-and-multi-gpu", "export", "benchmarks", "results",
-             "layout", "dependencies"]
+             "layout", "dependencies", "real-speech"]
 
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
