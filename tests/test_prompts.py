@@ -48,8 +48,9 @@ def fake_sounds(tmp_path):
     (voice / "broken.g722").write_bytes(b"")
     docs = tmp_path / "doc" / "asterisk-core-sounds-en"
     docs.mkdir(parents=True)
-    lines = ["; Core Asterisk Sounds in English", "", "agent-alreadyon: That agent is already logged on.  Please "
-             "enter your agent number followed by the pound key.", "auth-thankyou: Thank you.",
+    lines = ["; Core Asterisk Sounds in English", "",
+             ("agent-alreadyon: That agent is already logged on.  Please enter your agent number followed by the "
+              "pound key."), "auth-thankyou: Thank you.",
              "conf-muted: You are now muted", "beep: [this is a simple beep tone]", "digits/5: five",
              "quiet: [1 second of silence]x", "broken: Broken.", "hello-world: Hello, world # 2."]
     with gzip.open(docs / "core-sounds-en.txt.gz", "wt") as fh:
@@ -127,3 +128,14 @@ def test_word_errors_against_editdistance():
         assert word_errors(ref, hyp) == editdistance.eval(ref, hyp)
     r = word_error_rate(["the cat sat", "press 1"], ["the cat sat down", "press one"])
     assert (r["errors"], r["words"], r["wer"]) == (1, 5, 0.2)
+
+
+@pytest.mark.slow
+def test_the_english_prompts_feed_the_asr_task(prompts_corpus, tiny_whisper_dir, tmp_path):
+    """The LibriSpeech layout of the real prompts is what s3prl's ASR recipe reads: it runs, scored on test-clean."""
+    from tasks.superb.suite import EvaluateConfig, evaluate
+
+    m = evaluate(EvaluateConfig(task="asr", model=str(tiny_whisper_dir), data=str(prompts_corpus), out=str(tmp_path / "asr"),
+                                steps=2, eval_every=2, batch_size=2, rnn_hidden=8))
+    test_clean = list((prompts_corpus / "LibriSpeech" / "test-clean").rglob("*.flac"))
+    assert m["metric"] == "wer" and m["test_n"] == len(test_clean) > 0

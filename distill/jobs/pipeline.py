@@ -1,9 +1,10 @@
 """The main job: corpora, layer similarity, pruning, students, SUPERB KS on all of them, report.
 
 With no settings and no network it uses the offline teacher (Whisper tiny.en) and synthetic
-corpora cached where ``sentences.out`` and ``ks_corpus.out`` say. Distillation uses the
-sentences and the KS train root (audio only, labels unused: in-domain unlabeled speech, as
-the redundancy paper distils on the task's audio). Output folder (``out``)::
+corpora cached where ``sentences.out`` and ``ks_corpus.out`` say, and the real Asterisk prompts
+(``prompts.out``). Distillation uses the sentences, the KS train root (audio only, labels unused:
+in-domain unlabeled speech, as the redundancy paper distils on the task's audio) and the prompts'
+training split (real recorded speech). Output folder (``out``)::
 
     config.yaml                  resolved settings
     analysis/  prune/            layer similarity and heatmaps; pruning curves and CoMFLP's pick
@@ -14,6 +15,8 @@ the redundancy paper distils on the task's audio). Output folder (``out``)::
     eval/<model>/                s3prl SUPERB KS runs, each with metrics.json
     layer_consistency/           the shared student at every depth: KS, probe, CPU time, claims
     paper/                       the redundancy paper's protocol on the same KS corpus (distill.jobs.paper)
+    real_speech/                 the teacher's WER, blocks and students' reconstruction on held-out real
+                                 against synthetic speech (distill.jobs.real_speech)
     pareto.png                   KS accuracy against parameters, teacher included
     report.json  report.md       the comparison (see distill.jobs.report)
 """
@@ -90,7 +93,7 @@ class PipelineConfig:
     overwrite: bool = field(default=False, metadata={"help": "write over an earlier run in out (else refused)"})
     teacher: str = field(default=OFFLINE_DEFAULT, metadata={"help": "teacher spec"})
     distill_data: list[str] = field(default_factory=list,
-                                    metadata={"help": "distillation audio (default: synthetic sentences + KS train)"})
+                                    metadata={"help": "distillation audio (default: synthetic sentences + KS train + real prompts' train split)"})
     ks_data: str = field(default="", metadata={"help": "Speech Commands root with train/ test/ (default: synthetic)"})
     sentences: SentencesConfig = field(default_factory=lambda: SentencesConfig(speakers=40, utterances_per_speaker=12))
     real_prompts: bool = field(default=True, metadata={

@@ -133,13 +133,18 @@ def locate(f: PackagedFile) -> Path:
 def sha256_of(path: Path) -> str:
     """sha256 of a file, read in chunks; a file the user cannot read is a ``ValueError`` saying why."""
     h = hashlib.sha256()
+    with _open_readable(path) as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open_readable(path: Path):
+    """``open(path, "rb")``, or the ``ValueError`` of :func:`_unreadable` when this user may not read it."""
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
+        return open(path, "rb")  # noqa: SIM115 (the caller's with-block closes it)
     except PermissionError:
         raise ValueError(_unreadable(path)) from None
-    return h.hexdigest()
 
 
 def _unreadable(path: Path) -> str:
@@ -180,11 +185,7 @@ def join_parts(paths: list[Path], out: Path, expected_sha256: str = "") -> Path:
     try:
         with open(tmp, "wb") as dst:
             for p in paths:
-                try:
-                    src = open(p, "rb")
-                except PermissionError:
-                    raise ValueError(_unreadable(p)) from None
-                with src:
+                with _open_readable(p) as src:
                     while chunk := src.read(CHUNK):
                         h.update(chunk)
                         dst.write(chunk)

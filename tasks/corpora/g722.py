@@ -42,7 +42,7 @@ def decode_g722(path: str | Path) -> np.ndarray:
                 frames.append(frame.to_ndarray().reshape(-1))
     except AudioError:
         raise
-    except Exception as err:  # av.error.* : invalid data, truncated stream
+    except (av.error.FFmpegError, OSError, ValueError) as err:  # invalid data, truncated stream
         raise AudioError(path, f"cannot decode as G.722 ({type(err).__name__}: {err})") from None
     if not frames:
         raise AudioError(path, "no audio decoded (empty G.722 stream)")
