@@ -125,7 +125,8 @@ def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9, wrap=True)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.margins(y=0.12)  # room for the printed values
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
