@@ -148,13 +148,24 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     wav = torch.randn(2, 24000) * 0.1
     lengths = torch.tensor([24000, 16000])
     tmp = path.with_name(path.name + ".tmp")
+    # PyTorch's fused "fast path" of nn.TransformerEncoderLayer (taken in eval mode without grad: the
+    # mimic transformer's blocks) has no ONNX symbolic; the traced graph must use the plain ops
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export_graph(graph, wav, lengths, tmp, opset)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    tmp.replace(path)
+    return path
+
+
+def _export_graph(graph: nn.Module, wav: torch.Tensor, lengths: torch.Tensor, tmp: Path, opset: int) -> None:
     with torch.no_grad():
         torch.onnx.export(graph, (wav, lengths), str(tmp), input_names=["wav", "lengths"],
                           output_names=["hidden_states", "frame_lengths"], opset_version=opset, dynamo=False,
                           dynamic_axes={"wav": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
                                         "hidden_states": {1: "batch", 2: "frames"}, "frame_lengths": {0: "batch"}})
-    tmp.replace(path)
-    return path
 
 
 def _median_seconds(fn, rounds: int = 5) -> float:
