@@ -33,7 +33,7 @@ def test_reconstruction_equals_a_direct_computation_over_valid_frames(teacher):
     with torch.no_grad():
         for p in student.stack.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    result = reconstruction(student, teacher, _batches(), progress=False)
+    result = reconstruction({"s": student}, teacher, _batches(), progress=False)["s"]
     (batch, _) = _batches()
     with torch.no_grad():
         s_states, _ = student(batch["wav"], batch["lengths"])
@@ -54,7 +54,7 @@ def test_a_copy_of_the_teacher_reconstructs_it_exactly(teacher):
     spec = StudentSpec(kind="pruned")
     spec.pruned.ordering, spec.pruned.removed = "last", [4]
     student = build_student(spec, teacher).eval()  # layers 1-3 are the teacher's own; its last regresses layer 4
-    result = reconstruction(student, teacher, _batches(), progress=False)
+    result = reconstruction({"s": student}, teacher, _batches(), progress=False)["s"]
     assert student.config.target_layers == [1, 2, 4]
     for m in (1, 2):
         assert result[f"layer{m}"]["cosine"] == pytest.approx(1.0, abs=1e-6) and result[f"layer{m}"]["l1"] < 1e-6

@@ -69,32 +69,27 @@ def teacher_wer(teacher, rows: list[dict], max_utterances: int = 0) -> dict:
         transcriber = WhisperTranscriber(teacher)
     except ValueError as err:
         return {"measured": False, "reason": str(err)}
-    usable = [r for r in rows if r["seconds"] <= MAX_SECONDS]
-    if max_utterances:
-        usable = usable[:max_utterances]
+    fitting = [r for r in rows if r["seconds"] <= MAX_SECONDS]
+    usable = fitting[:max_utterances] if max_utterances else fitting
     if not usable:
         return {"measured": False, "reason": "no held-out English prompt of at most 30 s"}
     t0 = time.time()
     hyps = [transcriber.transcribe(load_audio(r["path"])) for r in usable]
     result = word_error_rate([r["text"] for r in usable], hyps)
-    return {"measured": True, **result, "too_long": len(rows) - len([r for r in rows if r["seconds"] <= MAX_SECONDS]),
+    return {"measured": True, **result, "too_long": len(rows) - len(fitting),
             "audio_seconds": sum(r["seconds"] for r in usable), "seconds": time.time() - t0,
             "transcripts": [{"file": r["file"], "reference": r["text"], "hypothesis": h,
                              "errors": word_errors(normalise_words(r["text"]), normalise_words(h))}
                             for r, h in zip(usable, hyps)]}
 
 
-def _batches(cfg: RealSpeechConfig, data: list[str]):
-    return analysis_batches(data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
-
-
-def compare_blocks(teacher, real: list[str], synthetic: list[str], cfg: RealSpeechConfig, out: Path) -> dict:
-    """The teacher's layer similarity on ``real`` and ``synthetic`` audio, same settings; do the blocks agree?"""
+def compare_blocks(teacher, loaders: dict, cfg: RealSpeechConfig, out: Path) -> dict:
+    """The teacher's layer similarity on the ``real`` and ``synthetic`` loaders, same settings; do the blocks agree?"""
     found, skips = {}, SkipTally()
-    for kind, data in (("real", real), ("synthetic", synthetic)):
-        loader, skipped = _batches(cfg, data)
+    for kind in ("real", "synthetic"):
+        loader, skipped = loaders[kind]
         skips.note(skipped)
-        check_similarity_settings(cfg.similarity, len(loader.dataset), source=f"the {kind} audio ({data})")
+        check_similarity_settings(cfg.similarity, len(loader.dataset), source=f"the {kind} audio")
         mats, counts = similarity_matrices(teacher, loader, cfg.similarity, skips=skips)
         blocks = find_blocks(mats[cfg.block_measure])
         heatmap(mats[cfg.block_measure], out / f"heatmap_{kind}.png",
@@ -111,18 +106,17 @@ def compare_blocks(teacher, real: list[str], synthetic: list[str], cfg: RealSpee
             "files_skipped": len(skips)}
 
 
-def compare_reconstruction(students: dict, teacher, real: list[str], synthetic: list[str],
-                           cfg: RealSpeechConfig) -> dict:
-    """Each student's reconstruction of the teacher on real against synthetic held-out audio."""
+def compare_reconstruction(students: dict, teacher, loaders: dict) -> dict:
+    """Each student's reconstruction of the teacher on the real against the synthetic held-out loader."""
+    if not students:
+        return {}
+    measured = {kind: reconstruction(students, teacher, loaders[kind][0]) for kind in ("real", "synthetic")}
     rows = {}
-    for name, student in students.items():
-        row = {}
-        for kind, data in (("real", real), ("synthetic", synthetic)):
-            loader, _ = _batches(cfg, data)
-            row[kind] = reconstruction(student, teacher, loader)
-        row["cosine_drop"] = row["synthetic"]["all"]["cosine"] - row["real"]["all"]["cosine"]
-        row["l1_ratio"] = row["real"]["all"]["l1"] / max(row["synthetic"]["all"]["l1"], 1e-12)
-        rows[name] = row
+    for name in students:
+        real, synthetic = measured["real"][name], measured["synthetic"][name]
+        rows[name] = {"real": real, "synthetic": synthetic,
+                      "cosine_drop": synthetic["all"]["cosine"] - real["all"]["cosine"],
+                      "l1_ratio": real["all"]["l1"] / max(synthetic["all"]["l1"], 1e-12)}
     return rows
 
 
@@ -141,8 +135,11 @@ def run_real_speech_checks(teacher, students: dict, wer_rows: list[dict], real: 
     wer = teacher_wer(teacher, wer_rows, cfg.wer_max_utterances)
     if wer["measured"]:
         log.info("%s on %d held-out English prompts: WER %.2f %%", teacher.name, wer["utterances"], 100 * wer["wer"])
-    blocks = compare_blocks(teacher, real, synthetic, cfg, out)
-    recon = compare_reconstruction(students, teacher, real, synthetic, cfg)
+    # each kind of audio listed and batched once, for the blocks and the reconstruction alike
+    loaders = {kind: analysis_batches(data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
+               for kind, data in (("real", real), ("synthetic", synthetic))}
+    blocks = compare_blocks(teacher, loaders, cfg, out)
+    recon = compare_reconstruction(students, teacher, loaders)
     if recon:
         grouped_bars({name: {"real": r["real"]["all"]["cosine"], "synthetic": r["synthetic"]["all"]["cosine"]}
                       for name, r in recon.items()}, out / "reconstruction.png", "mean cosine to the teacher",

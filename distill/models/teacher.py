@@ -359,16 +359,19 @@ def load_teacher(spec: str, dtype: str | torch.dtype | None = None, device: str 
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         dtype = getattr(torch, dtype)
     spec = str(spec)
-    check_teacher_spec(spec)
-    if spec in OFFLINE_TEACHERS:
-        teacher = load_ct2_whisper(offline_teacher_folder(spec), name=spec)
-    elif spec.startswith("ct2:"):
-        teacher = load_ct2_whisper(spec[4:])
-    elif spec.startswith("s3prl:"):
-        from distill.models.s3prl_teacher import S3PRLTeacher
-
-        teacher = S3PRLTeacher(spec[6:])
-    else:
-        teacher = load_hf_teacher(spec)
+    teacher = _build_teacher(spec)
     teacher.forward_dtype = dtype
     return teacher.to(device)
+
+
+def _build_teacher(spec: str) -> nn.Module:
+    if spec in OFFLINE_TEACHERS:  # its files are checked (sizes, hashes) once, as its folder is found
+        return load_ct2_whisper(offline_teacher_folder(spec), name=spec)
+    check_teacher_spec(spec)
+    if spec.startswith("ct2:"):
+        return load_ct2_whisper(spec[4:])
+    if spec.startswith("s3prl:"):
+        from distill.models.s3prl_teacher import S3PRLTeacher
+
+        return S3PRLTeacher(spec[6:])
+    return load_hf_teacher(spec)
