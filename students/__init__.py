@@ -7,12 +7,14 @@ from .mimic import MimicConfig, MimicStudent, default_target_layers, mimic_from_
 from .pruned import PrunedStudent
 from .registry import KINDS, StudentSpec, build_student, register_student, student_class, student_name
 from .shared import SharedStudent
+from .structured import StructuredStudent
 
 register_student(MimicStudent)
 register_student(DistilHubertStudent)
 register_student(SharedStudent)
 register_student(PrunedStudent)
+register_student(StructuredStudent)
 
 __all__ = ["BuildContext", "StudentConfig", "StudentModel", "MimicConfig", "MimicStudent", "DistilHubertStudent",
-           "SharedStudent", "PrunedStudent", "KINDS", "StudentSpec", "build_student", "register_student",
+           "SharedStudent", "PrunedStudent", "StructuredStudent", "KINDS", "StudentSpec", "build_student", "register_student",
            "student_class", "student_name", "default_target_layers", "mimic_from_teacher"]

@@ -96,6 +96,19 @@ class StudentModel(PreTrainedModel):
             raise ValueError(f"student returned {len(outputs)} states for {len(layers)} targets")
         return [(f"layer{m}", outputs[k], targets.layer(m)) for k, m in enumerate(layers, start=1)]
 
+    def extra_loss(self, outputs: list[torch.Tensor], **step_kwargs) -> tuple[torch.Tensor, dict] | None:
+        """A term the kind adds to the distillation loss in training (``(tensor, log figures)``), or ``None``."""
+        return None
+
+    @classmethod
+    def stages(cls, options, out, train) -> list[tuple]:
+        """The runs that train this kind: ``[(run folder, option changes, train changes), ...]``.
+
+        Default: one run in ``out``. A kind trained in phases (the structured kind: prune, then
+        distil the sliced model) lists each; a later one reads what an earlier one saved.
+        """
+        return [(out, {}, {})]
+
     def required_teacher_layers(self) -> list[int]:
         """Every teacher layer :meth:`distill_pairs` may read: what a target cache must hold."""
         return sorted(set(self.config.target_layers))

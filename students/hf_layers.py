@@ -210,6 +210,10 @@ class HFLayerStudent(StudentModel):
 
     # -- export as the teacher's own architecture ---------------------------------------------------
 
+    def exports_plain(self) -> bool:
+        """Whether :meth:`to_hf_model` can express this student (else it is exported with its code)."""
+        return True
+
     def export_layer_map(self, depth: int | None = None) -> list[int]:
         """Unique layer (0-based) at each position of the exported model."""
         if depth is not None and depth != self.num_layers:

@@ -47,7 +47,7 @@ class StudentSpec:
     """Which student to build: ``kind`` picks the family, ``<kind>.*`` holds its settings."""
 
     name: str = field(default="", metadata={"help": "name in reports (default: the kind)"})
-    kind: str = field(default="mimic", metadata={"help": "student family: mimic, distilhubert, shared, pruned"})
+    kind: str = field(default="mimic", metadata={"help": "student family: mimic, distilhubert, shared, pruned, structured, lowrank"})
     train_frontend: bool = field(default=False, metadata={"help": "fine-tune the copied teacher frontend"})
     sections: dict = field(default_factory=dict, repr=False, metadata={"help": "per-kind settings"})
 

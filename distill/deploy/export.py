@@ -169,6 +169,12 @@ def code_bundle(cls) -> dict[str, str] | None:
                     after = rest.split(" import ", 1)[1]
                     tree_lines[node.lineno - 1] = f"{head}from .{flat(full)} import {after}"
         bundle[flat(name) + ".py"] = "\n".join(tree_lines) + "\n"
+    # transformers copies into its module cache only the modules the main file imports itself: a
+    # module imported further down (or inside a function) would be missing when first called
+    main = flat(root) + ".py"
+    others = sorted(f[:-3] for f in bundle if f != main)
+    bundle[main] += "\n# every bundled module, so that transformers copies each beside this one\n" + "".join(
+        f"from .{m} import __name__ as _bundled_{i}  # noqa: E402,F401\n" for i, m in enumerate(others))
     return bundle
 
 
@@ -188,7 +194,7 @@ def export_student(student, out: str | Path, depth: int | None = None, extra: di
 
     out = Path(out)
     require_finite(student, f"exporting {student.name} to {out}")
-    if isinstance(student, HFLayerStudent):
+    if isinstance(student, HFLayerStudent) and student.exports_plain():
         card_extra = dict(extra or {})
         if depth:
             card_extra["exported depth"] = str(depth)

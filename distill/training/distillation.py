@@ -22,12 +22,13 @@ Run folder (``cfg.out``)::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
 from distill.core.config import load_config, save_config
+from distill.core.fsutil import claim_run_folder, write_json_atomic
 from distill.data.audio import SAMPLE_RATE
 from distill.data.batches import Batch, BatchPlan, CachedSource, OnlineSource
 from distill.data.cache import CacheConfig, CacheSpec, prepare_cache
@@ -72,13 +73,14 @@ class _FrontendThenStack(torch.nn.Module):
 # -- setup ----------------------------------------------------------------------------------------
 
 def setup(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=None,
-          valid_items: list[AudioItem] | None = None) -> Run:
+          valid_items: list[AudioItem] | None = None, claim: bool = True) -> Run:
     """Accelerator, data, teacher, student, optimizer and the source of targets, ready to train.
 
     ``items``: the training utterances already listed (a labelled task corpus: their labels let
     a teacher with a classification head score the student at each validation); default
     ``list_audio(cfg.data)``. ``valid_items``: the held-out utterances (default: split off
-    ``items`` by ``train.valid_fraction``). ``teacher``: an already loaded teacher.
+    ``items`` by ``train.valid_fraction``). ``teacher``: an already loaded teacher. ``claim``:
+    refuse an ``out`` that holds another run (false: a later stage of a run already claimed).
     """
     t = cfg.train
     if t.loss != "auto" and t.loss not in LOSSES:
@@ -88,7 +90,7 @@ def setup(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=None
     out = Path(cfg.out)
     # a student that may leave parameters unused in a step (a shallow sampled depth) tells DDP so
     acc = make_accelerator(out, t, getattr(student_class(cfg.student.kind), "may_skip_parameters", False),
-                           overwrite=cfg.overwrite)
+                           overwrite=cfg.overwrite, claim=claim)
 
     scan_skipped = []
     if items is None:
@@ -121,8 +123,32 @@ def setup(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=None
 
 def distill(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=None,
             valid_items: list[AudioItem] | None = None) -> dict:
-    """Train a student from ``cfg.teacher`` on ``cfg.data`` (or ``items``); returns the run summary."""
-    return train_loop(setup(cfg, items, teacher, valid_items))
+    """Train a student from ``cfg.teacher`` on ``cfg.data`` (or ``items``); returns the run summary.
+
+    A kind that trains in stages (``stages``: the structured kind prunes in ``<out>/prune/``,
+    then distils the sliced student in ``<out>/``) runs them in order, each a whole resumable
+    run; the returned summary (and ``summary.json``) is the last stage's, with the earlier
+    stages' under ``stages``.
+    """
+    out = Path(cfg.out)
+    plan = student_class(cfg.student.kind).stages(cfg.student.options, out, cfg.train)
+    if len(plan) == 1:
+        return train_loop(setup(cfg, items, teacher, valid_items))
+    claim_run_folder(out, overwrite=cfg.overwrite, resume=cfg.train.resume, resume_flag="--train.resume true")
+    earlier = {}  # (the teacher is loaded by the first stage: before an Accelerator, the process layout is unknown)
+    for k, (folder, option_changes, train_changes) in enumerate(plan):
+        stage = replace(cfg, out=str(folder), student=cfg.student.with_options(**option_changes),
+                        train=replace(cfg.train, **train_changes))
+        run = setup(stage, items, teacher, valid_items, claim=k == 0)
+        teacher, main = run.objective.teacher, run.main
+        summary = train_loop(run, final=k == len(plan) - 1)
+        if k < len(plan) - 1:
+            earlier[str(Path(folder).relative_to(out)) if Path(folder) != out else "."] = {
+                key: summary.get(key) for key in ("steps", "seconds", "best_valid_loss", "student", "last_train")}
+    summary["stages"] = earlier
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+    return summary
 
 
 class DistillObjective:
@@ -145,6 +171,9 @@ class DistillObjective:
         outputs = model(batch.inputs, batch.input_lengths, **kwargs)
         loss, logs = pairs_loss(self.student.distill_pairs(outputs, batch.targets, **kwargs), batch.frame_lengths,
                                 self.loss_kind)
+        extra = self.student.extra_loss(outputs, **kwargs)  # a kind's own term (a Lagrangian)
+        if extra is not None:
+            loss, logs = loss + extra[0], {**logs, **extra[1]}
         return (loss * 0.0 if batch.empty else loss), logs
 
     @torch.no_grad()

@@ -144,7 +144,8 @@ class TrainingDiverged(ValueError):
     """The loss or the gradients stayed non-finite for ``train.nonfinite_patience`` steps."""
 
 
-def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = False, overwrite: bool = False):
+def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = False, overwrite: bool = False,
+                     claim: bool = True):
     """The run's Accelerator (TensorBoard under ``out/tb``), seeded; makes ``out`` on the main process.
 
     Refuses (``ValueError``, nothing written) when ``out`` already holds a run, unless
@@ -169,7 +170,8 @@ def make_accelerator(out: Path, t: TrainConfig, find_unused_parameters: bool = F
                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tb")),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
     set_seed(t.seed)
-    claim_run_folder(out, overwrite=overwrite, resume=t.resume, resume_flag="--train.resume true")
+    if claim:
+        claim_run_folder(out, overwrite=overwrite, resume=t.resume, resume_flag="--train.resume true")
     acc.wait_for_everyone()
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,11 +188,23 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
-    """``(model, optimizer, scheduler)``: AdamW over the trainable parameters, warm-up + cosine."""
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    if not params:
+    """``(model, optimizer, scheduler)``: AdamW over the trainable parameters, warm-up + cosine.
+
+    A submodule with ``special_parameter_groups()`` (``[{"params": [...], "lr": ..., ...}]``)
+    gives those parameters their own optimizer settings (gates at their own learning rate); the
+    schedule scales every group alike.
+    """
+    groups, special = [], set()
+    for module in trainable.modules():
+        for group in getattr(module, "special_parameter_groups", lambda: [])():
+            params = [p for p in group["params"] if p.requires_grad and id(p) not in special]
+            special |= {id(p) for p in params}
+            if params:
+                groups.append({**group, "params": params})
+    params = [p for p in trainable.parameters() if p.requires_grad and id(p) not in special]
+    if not params and not groups:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": params}] + groups, lr=t.lr, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
     model, optimizer = acc.prepare(trainable, optimizer)
     # stepped once per update on every rank (a prepared scheduler would step num_processes times);
@@ -234,8 +248,12 @@ def _better(run: Run, value: float, best: float | None) -> bool:
     return value > best if run.objective.higher_is_better else value < best
 
 
-def train_loop(run: Run) -> dict:
-    """Train until ``train.max_steps`` (resuming if asked); writes and returns the summary."""
+def train_loop(run: Run, final: bool = True) -> dict:
+    """Train until ``train.max_steps`` (resuming if asked); writes and returns the summary.
+
+    ``final`` false: another run follows in this process (a kind's next stage), so the
+    distributed process group is kept (only the trackers are closed).
+    """
     t, acc = run.train, run.acc
     run.checkpoints.attach(run.model, run.optimizer, run.scheduler)
     state = run.checkpoints.resume() if t.resume else None
@@ -333,7 +351,7 @@ def train_loop(run: Run) -> dict:
         raise ValueError(f"{run.out}: no validation gave a finite {run.objective.score}, so there is no best/ "
                          "model; see metrics.jsonl (a lower --train.lr or --train.mixed_precision no may help)")
     _gather_totals(acc, state, audio_before, audio_here)
-    return _finish(run, state, start_step, time.time() - t0, seen)
+    return _finish(run, state, start_step, time.time() - t0, seen, final)
 
 
 RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "test.json", "best", "last", "ranks", "tb")
@@ -433,7 +451,8 @@ class _DivergenceGuard:
         raise TrainingDiverged(message)
 
 
-def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int]) -> dict:
+def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int],
+            final: bool = True) -> dict:
     """Rank reports, the summary and the loss plot; then release DDP."""
     acc = run.acc
     rank = acc.process_index
@@ -460,7 +479,11 @@ def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen
     run.model = run.optimizer = None
     acc.free_memory()
     acc.wait_for_everyone()
-    acc.end_training()
+    if final:
+        acc.end_training()
+    else:  # the next stage's Accelerator uses the same process group
+        for tracker in acc.trackers:
+            tracker.finish()
     return summary
 
 
