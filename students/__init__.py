@@ -3,6 +3,7 @@ and with ``AutoConfig`` / ``AutoModel``: one line per kind below."""
 
 from .base import BuildContext, StudentConfig, StudentModel
 from .distilhubert import DistilHubertStudent
+from .lowrank import LowRankStudent
 from .mimic import MimicConfig, MimicStudent, default_target_layers, mimic_from_teacher
 from .pruned import PrunedStudent
 from .registry import KINDS, StudentSpec, build_student, register_student, student_class, student_name
@@ -14,7 +15,8 @@ register_student(DistilHubertStudent)
 register_student(SharedStudent)
 register_student(PrunedStudent)
 register_student(StructuredStudent)
+register_student(LowRankStudent)
 
 __all__ = ["BuildContext", "StudentConfig", "StudentModel", "MimicConfig", "MimicStudent", "DistilHubertStudent",
-           "SharedStudent", "PrunedStudent", "StructuredStudent", "KINDS", "StudentSpec", "build_student", "register_student",
+           "SharedStudent", "PrunedStudent", "StructuredStudent", "LowRankStudent", "KINDS", "StudentSpec", "build_student", "register_student",
            "student_class", "student_name", "default_target_layers", "mimic_from_teacher"]
