@@ -39,11 +39,15 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
         "heldout_sentences.utterances_per_speaker": 4, "heldout_sentences.max_words": 6,
         "real_speech.similarity.batch_size": 16, "real_speech.similarity.frames_per_utterance": 4,
         "real_speech.similarity.max_batches": 50,  # every utterance (fewer than 50 x 16 / 4)
+        "lowrank_curve.fractions": [0.9], "lowrank_curve.calibration_utterances": 8,
     })
+    # the tiny Whisper's frontend (its 1500-position table) is 70 % of it: width students aim above that
+    sizes = {"structured": {"target": 0.85, "final_steps": 2}, "lowrank": {"target": 0.9, "calibration_utterances": 8}}
+    cfg.students = [s.with_options(**sizes[s.kind]) if s.kind in sizes else s for s in cfg.students]
     report = run_pipeline(cfg)
     run = tmp_path / "run"
     saved = json.loads((run / "report.json").read_text())
-    students = ["mimic-mlp", "mimic-transformer", "distilhubert", "shared", "pruned-distilled"]
+    students = ["mimic-mlp", "mimic-transformer", "distilhubert", "shared", "pruned-distilled", "structured", "lowrank"]
     assert list(saved["models"]) == ["teacher", *students, "pruned-comflp"]
     suite = saved["suite"]  # --tasks ks,ic: IC through s3prl for every model, in the SUPERB table
     assert set(suite["models"]) == set(saved["models"]) and suite["tasks"] == ["ic"] and suite["reference"] == "teacher"
@@ -93,7 +97,18 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     summaries = [json.loads((run / "distill" / n / "summary.json").read_text()) for n in students]
     assert {s["targets"]["cache"]["folder"] for s in summaries} == {saved["cache"]["folder"]}
     assert all(saved["models"][n]["distill"]["targets"] == "cache" for n in students)
-    assert [saved["models"][n]["distill"]["steps"] for n in students] == [6, 4, 4, 4, 4]  # student_steps
+    # student_steps; the structured student: 4 pruning steps, then its final 2 (the run's summary)
+    assert [saved["models"][n]["distill"]["steps"] for n in students] == [6, 4, 4, 4, 4, 2, 4]
+    widths = saved["models"]["structured"]["layer_widths"]
+    assert len(widths) == 3 and saved["models"]["structured"]["params_fraction_of_teacher"] == pytest.approx(0.85, rel=0.02)
+    assert saved["models"]["lowrank"]["ranks"] and saved["models"]["lowrank"]["params_fraction_of_teacher"] <= 0.9
+    # low-rank without retraining, beside the pruning curves
+    curve = saved["lowrank_curve"]
+    (point,) = curve["points"]
+    assert point["fraction"] <= 0.9 and 0 <= point["probe_accuracy"] <= 1 and point["ks_test_n"] == teacher["ks_test_n"]
+    assert curve["teacher"]["ks"] == teacher["ks_test_accuracy"] and curve["layer_pruning"]["probe"] == saved["pruning"]["curve"]
+    assert (run / "lowrank_curve" / "curve.png").stat().st_size > 5000
+    assert "## Low-rank factorisation without retraining" in (run / "report.md").read_text()
     # before / after an earlier run (here: the same run)
     from distill.jobs.pipeline import compare_with_baseline
     from distill.jobs.report import render_report

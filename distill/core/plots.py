@@ -40,7 +40,7 @@ def heatmap(matrix, path: str | Path, title: str, blocks: list[tuple[int, int]] 
 
 
 def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str,
-           hline: float | None = None, logy: bool = False) -> None:
+           hline: float | None = None, logy: bool = False, integer_x: bool = True) -> None:
     """One line per named series ``{name: (xs, ys)}``; optional dashed reference line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -50,7 +50,8 @@ def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, 
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -41,18 +41,21 @@ from distill.deploy.bench import seconds_per_audio_second
 from distill.deploy.export import export_student, load_student, write_card_evaluation
 from distill.jobs.analyze import AnalyzeConfig, run_analysis
 from distill.jobs.layer_consistency import LayerConsistencyConfig, measure_layer_consistency
+from distill.jobs.lowrank_curve import LowRankCurveConfig, run_lowrank_curve
 from distill.jobs.paper import PaperConfig, run_paper
 from distill.jobs.prune_run import PruneConfig, run_prune
 from distill.jobs.real_speech import RealSpeechConfig, run_real_speech_checks
 from distill.jobs.report import render_report
 from distill.models.teacher import OFFLINE_DEFAULT, load_teacher
 from distill.training.distillation import DistillConfig, TrainConfig, cache_for_students, distill
+from students.lowrank import LowRankOptions
 from students.mimic import MimicOptions
 from students.registry import StudentSpec, student_name
 from tasks.corpora.layouts import resolve_ks_roots
 from tasks.corpora.prompts import PromptsConfig, build_prompts, manifest_rows
 from tasks.corpora.superb_corpora import synthetic_root
 from tasks.corpora.synthetic import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
+from tasks.probe import run_probe
 from tasks.superb.evaluate import EvaluateConfig
 from tasks.superb.protocol import retention_pct
 from tasks.superb.suite import SuiteConfig, evaluate, run_suite
@@ -84,6 +87,9 @@ def _default_students() -> list[StudentSpec]:
         StudentSpec(name="distilhubert", kind="distilhubert"),
         StudentSpec(name="shared", kind="shared"),
         StudentSpec(name="pruned-distilled", kind="pruned"),
+        # width instead of depth: DPHuBERT-style pruning to a quarter, LiteASR-style factorisation to a third
+        StudentSpec(name="structured", kind="structured"),
+        StudentSpec(name="lowrank", kind="lowrank", sections={"lowrank": LowRankOptions(target=0.33)}),
     ]
 
 
@@ -122,6 +128,8 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=lambda: PruneConfig(crop_seconds=1.0),
                                metadata={"help": "pruning curves + CoMFLP, probe on KS train (teacher/data/out set here)"})
     run_prune: bool = field(default=True, metadata={"help": "pruning curves and CoMFLP (adds a pruned model)"})
+    lowrank_curve: LowRankCurveConfig = field(default_factory=LowRankCurveConfig, metadata={
+        "help": "low-rank factorisation without retraining at several sizes: probe, KS, CPU time"})
     # every model at its own best downstream lr (by validation), then over two downstream seeds (issue 17)
     evaluate: EvaluateConfig = field(default_factory=lambda: EvaluateConfig(
         steps=250, eval_every=50, lr_grid=[1e-3, 1e-2], seeds=2))
@@ -247,6 +255,21 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     speed = seconds_per_audio_second(models, batch["wav"], batch["lengths"], rounds=cfg.bench.rounds)
     torch.set_num_threads(threads)
 
+    # 6b. low-rank factorisation without retraining, beside the pruning curves
+    lowrank, t_lowrank = None, time.time()
+    if cfg.lowrank_curve.enabled:
+        probe_cfg = replace(cfg.prune.probe, data=str(ks_train),
+                            cache_dir=cfg.prune.probe.cache_dir or str(out / "lowrank_curve" / "probe_cache"))
+        teacher_probe = pruning["curve"][next(iter(pruning["curve"]))][0] if pruning else \
+            run_probe(teacher, probe_cfg)["accuracy"]
+        lr = evals["teacher"].get("lr") or cfg.evaluate.lr
+        lowrank = run_lowrank_curve(
+            cfg.lowrank_curve, teacher, distill_data, probe_cfg,
+            replace(cfg.evaluate, data=ks_data, lr=lr or 0.0, lr_grid=[], seeds=1), batch, out / "lowrank_curve",
+            {"probe": teacher_probe, "ks": evals["teacher"]["value"], "cpu": speed["teacher"]},
+            pruning["curve"] if pruning else None, rounds=cfg.bench.rounds)
+    lowrank_seconds = time.time() - t_lowrank
+
     # 7. layer consistency: the shared student at every depth, against the paper's claims
     lc = {}
     for name, student in students.items():
@@ -341,6 +364,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "retention_pct": small[best_small]["retention_pct"], "goal_retention_pct": 95.0,
             "met": (small[best_small]["retention_pct"] or 0.0) >= 95.0},
         "pareto_png": str(out / "pareto.png"),
+        "lowrank_curve": lowrank,
         "layer_consistency": lc,
         "paper": paper,
         "analysis": {"blocks": analysis["blocks"], "block_measure": analysis["block_measure"],
@@ -366,6 +390,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                     **{f"eval_{k}": v["seconds"] for k, v in evals.items()},
                     **{f"layer_consistency_{k}": v["seconds"] for k, v in lc.items()},
                     **({"paper": paper["seconds"]["total"]} if paper else {}),
+                    **({"lowrank_curve": lowrank_seconds} if lowrank else {}),
                     **({"real_speech": real["seconds"]} if real else {})},
     }
     if cfg.baseline_report:

@@ -173,6 +173,24 @@ def _real_speech(rs: dict | None) -> list[str]:
     return lines
 
 
+def _lowrank_curve(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    t = c["teacher"]
+    ks = "ks_test_accuracy" in (c["points"][0] if c["points"] else {})
+    lines = ["", "## Low-rank factorisation without retraining", "",
+             "Each linear map of the stack factorised from the principal components of its inputs on the "
+             f"distillation audio (LiteASR-style), no training step. Teacher: probe {t['probe']:.3f}"
+             + (f", SUPERB KS {100 * t['ks']:.1f} %" if ks else "") + f", {t['cpu']:.4f} CPU s per audio s.", "",
+             "| parameters kept | variance threshold | maps factorised | probe | " + ("SUPERB KS | " if ks else "")
+             + "CPU s / audio s |", "|---|---|---|---|" + ("---|" if ks else "") + "---|"]
+    for p in c["points"]:
+        lines.append(f"| {100 * p['fraction']:.1f} % | {p['threshold']:.4f} | {p['maps_factorised']} | "
+                     f"{p['probe_accuracy']:.3f} | " + (f"{100 * p['ks_test_accuracy']:.1f} % | " if ks else "")
+                     + f"{p['cpu_seconds_per_audio_second']:.4f} |")
+    return lines + ["", "![low-rank curve](lowrank_curve/curve.png) ![low-rank time](lowrank_curve/time.png)"]
+
+
 def render_report(r: dict) -> str:
     models = r["models"]
     lines = [f"# stackdistill report ({r['date']})", "", f"Teacher `{r['teacher']}`.", ""]
@@ -232,5 +250,6 @@ def render_report(r: dict) -> str:
                   f"fine search over {len(c['candidates'])} candidates {c['seconds']['fine']:.1f} s; best removes "
                   f"{c['best']['removed']} ({p['metric']} {c['best']['metric']:.3f}).", "",
                   "![pruning curve](prune/curve.png)"]
+    lines += _lowrank_curve(r.get("lowrank_curve"))
     lines += ["", f"Wall time: {r['seconds']['total'] / 60:.1f} min in all.", ""]
     return "\n".join(lines)
