@@ -97,12 +97,15 @@ def _head_rows(heads: list[int], head_dim: int, device) -> torch.Tensor:
 
 @torch.no_grad()
 def slice_layer(layer: nn.Module, arch: str, head_gates: torch.Tensor | None, ffn_gates: torch.Tensor | None,
-                attention_gate: float = 1.0, ffn_gate: float = 1.0) -> None:
-    """Keep, in place, the heads and FFN units whose gate is non-zero, folding the gate values into the weights.
+                attention_gate: float = 1.0, ffn_gate: float = 1.0, head_keep: list[int] | None = None,
+                ffn_keep: list[int] | None = None) -> None:
+    """Keep, in place, the heads and FFN units asked for, folding the gate values into the weights.
 
     ``head_gates`` ``(heads,)`` and ``ffn_gates`` ``(ffn,)`` (``None``: all 1) multiply each unit's
-    contribution; ``attention_gate`` / ``ffn_gate`` multiply the whole sublayer's output. The layer
-    afterwards computes exactly what the gated layer computed with those gate values.
+    contribution; ``attention_gate`` / ``ffn_gate`` multiply the whole sublayer's output.
+    ``head_keep`` / ``ffn_keep``: the units kept (default: those whose gate is non-zero; a kept unit
+    at gate 0 stays with a zero output map). The layer afterwards computes exactly what the gated
+    layer computed with those gate values.
     """
     parts = layer_parts(layer, arch)
     if isinstance(parts.attention, ZeroHeadAttention):
@@ -114,7 +117,8 @@ def slice_layer(layer: nn.Module, arch: str, head_gates: torch.Tensor | None, ff
             raise ValueError(f"{values.numel()} head gates for a layer of {parts.heads} heads")
         if attention_gate == 0.0:
             values = torch.zeros_like(values)
-        kept = [h for h in range(parts.heads) if float(values[h]) != 0.0]
+        kept = sorted(head_keep) if head_keep is not None and attention_gate != 0.0 else \
+            [h for h in range(parts.heads) if float(values[h]) != 0.0]
         if len(kept) < parts.heads and arch not in HEAD_PRUNABLE:
             raise ValueError(f"{arch} attention heads cannot be removed (its attention ties head width to model width)")
         out_bias = att.out_proj.bias * attention_gate if att.out_proj.bias is not None else None
@@ -137,7 +141,10 @@ def slice_layer(layer: nn.Module, arch: str, head_gates: torch.Tensor | None, ff
         raise ValueError(f"{values.numel()} FFN gates for a layer of {parts.ffn} FFN units")
     if ffn_gate == 0.0:
         values = torch.zeros_like(values)
-    kept_units = torch.nonzero(values).flatten().to(parts.ffn_in.weight.device)
+    if ffn_keep is not None and ffn_gate != 0.0:
+        kept_units = torch.tensor(sorted(ffn_keep), dtype=torch.long, device=parts.ffn_in.weight.device)
+    else:
+        kept_units = torch.nonzero(values).flatten().to(parts.ffn_in.weight.device)
     fc_in, fc_out = parts.ffn_in, parts.ffn_out
     new_in = _linear(fc_in.weight[kept_units], None if fc_in.bias is None else fc_in.bias[kept_units])
     scale = values[kept_units.cpu()].to(fc_out.weight) * ffn_gate

@@ -193,14 +193,22 @@ class GatedStack(nn.Module):
 
     @torch.no_grad()
     def deterministic(self) -> list[dict[str, torch.Tensor]]:
-        """Fixed gates meeting the parameter target: units kept by rank until the budget is spent.
+        """The fixed gate values (see :meth:`fixed`): what evaluation and the sliced model compute with."""
+        return self.fixed()[0]
+
+    @torch.no_grad()
+    def fixed(self) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, list[int]]]]:
+        """``(gate values, kept units)`` per layer, meeting the parameter target: units kept by rank.
 
         Every gated unit is ranked by its ``log_alpha`` (a unit inside a gated sublayer by the smaller
         of its own and the sublayer's); units are kept in that order while the sliced size stays
         within ``target`` x the teacher's parameters (a unit that does not fit is skipped, a smaller
         one may still fit). Kept units take their mean gate value, the others 0; a sublayer with no
-        kept unit (or a closed sublayer gate) is removed. A trained run whose expected size met the
-        target keeps about ``round(E[L0])`` units per group, as DPHuBERT's fixed gates do.
+        kept unit (or a closed sublayer gate) is removed. A run whose expected size met the target
+        keeps about ``round(E[L0])`` units per group, as DPHuBERT's fixed gates do. When the gates
+        closed more than the target asks, the budget is filled with the most open closed units: they
+        are kept at gate value 0 (contributing nothing, so the sliced model still equals the gated
+        one) and train again in the final distillation, so the student has the size asked for.
         """
         budget = self.config.target * self.config.teacher_params - self.fixed_params()
         candidates = []  # (score, cost, layer, units)
@@ -220,8 +228,7 @@ class GatedStack(nn.Module):
                     if float(mean[whole][0]) == 0.0:
                         unit_scores = torch.full((n,), -math.inf)
                     unit_scores = unit_scores.clamp(max=float(groups[whole].log_alpha[0]))
-                alive = mean[units] > 0 if units in groups else torch.ones(n, dtype=torch.bool)
-                candidates += [(float(unit_scores[j]), cost, i, units, j) for j in range(n) if alive[j]]
+                candidates += [(float(unit_scores[j]), cost, i, units, j) for j in range(n)]
         kept: list[dict[str, list[int]]] = [{"heads": [], "ffn": []} for _ in self.gates]
         for score, cost, i, units, j in sorted(candidates, key=lambda c: -c[0]):
             if score == -math.inf or cost > budget:
@@ -239,7 +246,7 @@ class GatedStack(nn.Module):
                 if whole in groups:
                     values[whole] = mean[whole] if kept[i][units] else torch.zeros_like(mean[whole])
             out.append(values)
-        return out
+        return out, kept
 
     def fixed_params(self) -> int:
         """Parameters no gate removes: the frontend, norms, biases, positional parts."""
@@ -279,9 +286,13 @@ class GatedStack(nn.Module):
         return lam[0] * gap + lam[1] * gap * gap, float(expected.detach()), target
 
     def special_parameter_groups(self) -> list[dict]:
-        """Optimizer groups of their own: gates and multipliers at ``reg_lr``, no weight decay."""
+        """Optimizer groups of their own: gates and multipliers at a constant ``reg_lr``, no weight decay.
+
+        Constant, not the weights' warm-up and cosine decay: a decaying rate froze the gates before
+        the expected size met the target (0.47 against 0.25 on Whisper tiny.en, 800 steps, 2026-12-06).
+        """
         params = [p for g in self.gates for p in g.parameters()] + [self.lambdas]
-        return [{"params": params, "lr": self.config.reg_lr, "weight_decay": 0.0}]
+        return [{"params": params, "lr": self.config.reg_lr, "weight_decay": 0.0, "schedule": "constant"}]
 
     def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor, step: int | None = None) -> list[torch.Tensor]:
         self._values = self.sample(step) if step is not None else self.deterministic()
@@ -386,12 +397,14 @@ class StructuredStudent(HFLayerStudent):
             return self
         work = copy.deepcopy(self)
         stack, arch = work.stack, work.config.frontend_arch
-        values = stack.deterministic()
-        for layer, v in zip(stack.inner.layers, values):
+        values, kept = stack.fixed()
+        for layer, v, keep in zip(stack.inner.layers, values, kept):
             att = v.get("attention")
             ffn_layer = v.get("ffn_layer")
             slice_layer(layer, arch, v.get("heads"), v.get("ffn"),
-                        1.0 if att is None else float(att[0]), 1.0 if ffn_layer is None else float(ffn_layer[0]))
+                        1.0 if att is None else float(att[0]), 1.0 if ffn_layer is None else float(ffn_layer[0]),
+                        head_keep=keep["heads"] if "heads" in v or "attention" in v else None,
+                        ffn_keep=keep["ffn"] if "ffn" in v or "ffn_layer" in v else None)
         sizes = [layer_sizes(layer, arch) for layer in stack.inner.layers]
         config = copy.deepcopy(self.config)
         config.gated = False

@@ -187,12 +187,16 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
     """``(model, optimizer, scheduler)``: AdamW over the trainable parameters, warm-up + cosine.
 
     A submodule with ``special_parameter_groups()`` (``[{"params": [...], "lr": ..., ...}]``)
     gives those parameters their own optimizer settings (gates at their own learning rate); the
-    schedule scales every group alike.
+    warm-up + cosine schedule scales every group, except one marked ``"schedule": "constant"``.
     """
     groups, special = [], set()
     for module in trainable.modules():
@@ -205,7 +209,9 @@ def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
     if not params and not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     optimizer = torch.optim.AdamW([{"params": params}] + groups, lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.warmup_steps, t.max_steps))
+    schedule = _lr_lambda(t.warmup_steps, t.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [_constant if g.get("schedule") == "constant" else schedule for g in optimizer.param_groups])
     model, optimizer = acc.prepare(trainable, optimizer)
     # stepped once per update on every rank (a prepared scheduler would step num_processes times);
     # checkpointed by distill.training.checkpoints as JSON, never through Accelerate's pickles
