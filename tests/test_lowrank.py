@@ -34,6 +34,21 @@ def _orthonormal(n: int, seed: int) -> torch.Tensor:
     return q
 
 
+@torch.no_grad()
+def random_basis_copy(student: LowRankStudent, seed: int = 3) -> LowRankStudent:
+    """``student`` with each factorised map's basis replaced by a random one of the same rank."""
+    rand = LowRankStudent(student.config).eval()
+    rand.load_state_dict(student.state_dict())
+    own = dict(student.named_modules())
+    for name, module in rand.named_modules():
+        if hasattr(module, "down") and hasattr(module, "up"):
+            dense = own[name].weight  # the same effective map, projected on another basis
+            q = _orthonormal(module.in_features, seed)[:, : module.rank].float()
+            module.down.weight.copy_(q.T)
+            module.up.weight.copy_(dense @ q)
+    return rand
+
+
 def test_full_rank_equals_the_layer_and_a_lower_rank_is_exact_on_its_subspace():
     torch.manual_seed(0)
     lin = nn.Linear(24, 10)
@@ -92,16 +107,7 @@ def test_target_is_met_and_the_principal_basis_beats_a_random_one(teachers, sent
     with torch.no_grad():
         ours, _ = student(b["wav"], b["lengths"])
         ref, fl = teacher(b["wav"], b["lengths"])
-        # the same ranks on a random basis of each map's input space
-        rand = LowRankStudent(student.config).eval()
-        rand.load_state_dict(student.state_dict())
-        for name, module in rand.named_modules():
-            if hasattr(module, "down") and hasattr(module, "up"):
-                dense = dict(student.named_modules())[name].weight  # the same effective map, another basis
-                q = _orthonormal(module.in_features, 3)[:, : module.rank].float()
-                module.down.weight.copy_(q.T)
-                module.up.weight.copy_(dense @ q)
-        theirs, _ = rand(b["wav"], b["lengths"])
+        theirs, _ = random_basis_copy(student)(b["wav"], b["lengths"])
     mask = torch.arange(fl.max())[None] < fl[:, None]
     err = lambda s: float(((s[-1] - ref[-1]) ** 2)[mask].mean() / (ref[-1][mask] ** 2).mean())
     assert err(ours) < 0.5 * err(theirs)

@@ -146,6 +146,7 @@ def distill(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=No
             earlier[str(Path(folder).relative_to(out)) if Path(folder) != out else "."] = {
                 key: summary.get(key) for key in ("steps", "seconds", "best_valid_loss", "student", "last_train")}
     summary["stages"] = earlier
+    summary["seconds_all_stages"] = summary["seconds"] + sum(e["seconds"] or 0.0 for e in earlier.values())
     if main:
         write_json_atomic(out / "summary.json", summary)
     return summary
