@@ -322,3 +322,26 @@ def test_real_whisper_teachers_gate_slice_and_factorise(name, real_clip, sentenc
     # calibrated on a few synthetic sentences, measured on a real recording: the principal basis keeps
     # much more of the teacher than a random one of the same ranks (untrained, half the size: not close)
     assert cos(low_states) > cos(rand_states) + 0.1
+
+
+def test_a_run_killed_in_its_final_stage_resumes_to_the_same_student(tiny_whisper_dir, sentences_corpus, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    args = lambda out, *extra: _distill_args(tiny_whisper_dir, sentences_corpus, out, "--train.max_steps", "6",
+                                              "--student.structured.final_steps", "4", "--train.save_every", "2",
+                                              "--train.eval_every", "2", "--train.keep_checkpoints", "3", *extra)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(args(whole)) == 0
+    assert main(args(cut)) == 0
+    # as if killed after the final stage's step 2: its later checkpoint, exports and summary never written
+    shutil.rmtree(cut / "checkpoints" / "step_4")
+    for name in ("best", "last", "summary.json"):
+        (shutil.rmtree if (cut / name).is_dir() else (cut / name).unlink)(cut / name)
+    assert main(args(cut, "--train.resume", "true")) == 0
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and summary["stages"]["prune"]["steps"] == 6
+    a, b = load_file(whole / "last" / "model.safetensors"), load_file(cut / "last" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=k)
