@@ -189,22 +189,18 @@ def _rss_child(args: dict) -> None:
     """
     import gc
 
-    import distill.training.distillation as train
+    from distill.training.distillation import setup
+    from distill.training.loop import train_loop
 
-    setup, after_setup = train.setup, {}
-
-    def setup_then_reset_peak(cfg):
-        run = setup(cfg)
-        gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")
-        after_setup["mb"] = _status_mb("VmRSS")
-        return run
-
-    train.setup = setup_then_reset_peak
     spec = _students()["mimic-mlp"]
-    train.distill(_train_cfg(args["teacher"], args["data"], Path(args["out"]), spec, args["steps"],
-                             args["batch_seconds"], args["cache"], Path(args["cache_root"])))
-    print(json.dumps({"rss_after_setup_mb": after_setup["mb"], "peak_rss_mb": _status_mb("VmHWM")}))
+    # the library's own two steps (what distill() does): set-up, then the loop; nothing replaced
+    run = setup(_train_cfg(args["teacher"], args["data"], Path(args["out"]), spec, args["steps"],
+                           args["batch_seconds"], args["cache"], Path(args["cache_root"])))
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    after_setup = _status_mb("VmRSS")
+    train_loop(run)
+    print(json.dumps({"rss_after_setup_mb": after_setup, "peak_rss_mb": _status_mb("VmHWM")}))
 
 
 def bench_rss(data: list[str], work: Path, budgets: list[float], steps: int) -> list[dict]:
@@ -217,7 +213,10 @@ def bench_rss(data: list[str], work: Path, budgets: list[float], steps: int) -> 
                 args = {"teacher": "whisper-tiny.en", "data": d, "out": str(work / "rss-run"), "steps": steps,
                         "batch_seconds": budget, "cache": cache, "cache_root": str(work / "rss-cache")}
                 proc = subprocess.run([sys.executable, __file__, "--rss-child", json.dumps(args)], capture_output=True,
-                                      text=True, check=True)
+                                      text=True)
+                if proc.returncode != 0:  # the child's own error, not only its exit status
+                    raise RuntimeError(f"peak-RSS run ({files}, budget {budget:g} s, cache {cache}) failed:\n"
+                                       f"{proc.stderr[-3000:]}")
                 m = json.loads(proc.stdout.strip().splitlines()[-1])
                 growth = m["peak_rss_mb"] - m["rss_after_setup_mb"]
                 rows.append({"files": files, "batch_seconds": budget, "source": "cached" if cache else "online",
