@@ -144,7 +144,7 @@ def distill(cfg: DistillConfig, items: list[AudioItem] | None = None, teacher=No
         summary = train_loop(run, final=k == len(plan) - 1)
         if k < len(plan) - 1:
             earlier[str(Path(folder).relative_to(out)) if Path(folder) != out else "."] = {
-                key: summary.get(key) for key in ("steps", "seconds", "best_valid_loss", "student", "last_train")}
+                key: summary.get(key) for key in ("steps", "seconds", "best_valid_loss", "student")}
     summary["stages"] = earlier
     summary["seconds_all_stages"] = summary["seconds"] + sum(e["seconds"] or 0.0 for e in earlier.values())
     if main:

@@ -208,7 +208,8 @@ def prepare_trainable(acc, trainable: torch.nn.Module, t: TrainConfig):
     params = [p for p in trainable.parameters() if p.requires_grad and id(p) not in special]
     if not params and not groups:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW([{"params": params}] + groups, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(([{"params": params}] if params else []) + groups, lr=t.lr,
+                                  weight_decay=t.weight_decay)
     schedule = _lr_lambda(t.warmup_steps, t.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [_constant if g.get("schedule") == "constant" else schedule for g in optimizer.param_groups])
