@@ -100,7 +100,10 @@ def factorisable_maps(layer: nn.Module, arch: str) -> dict[str, tuple[nn.Module,
 
 
 class InputStatistics:
-    """Mean and covariance of the inputs of every factorisable map, over the valid frames of calibration audio."""
+    """Mean and covariance of the inputs of every factorisable map, over the valid frames of calibration audio.
+
+    ``model``: a dense low-rank student (a teacher copy): its ``frontend`` then its ``stack`` of layers run.
+    """
 
     def __init__(self, model, arch: str):
         self.model, self.arch = model, arch
@@ -128,7 +131,7 @@ class InputStatistics:
     def collect(self, batches) -> int:
         """Run the model on ``batches`` (``{"wav", "lengths"}`` dicts); returns the valid frames seen."""
         handles = []
-        for i, layer in enumerate(self.model.stack_layers()):
+        for i, layer in enumerate(self.model.stack.layers):
             for name, (owner, attr) in factorisable_maps(layer, self.arch).items():
                 handles.append(getattr(owner, attr).register_forward_pre_hook(self._hook(f"{i}.{name}")))
         frames = 0
@@ -223,9 +226,6 @@ class LowRankStudent(HFLayerStudent):
                                                        lin.weight.device, lin.weight.dtype))
         return inner
 
-    def stack_layers(self):
-        return self.inner.layers
-
     @classmethod
     def from_teacher(cls, teacher, options: LowRankOptions, context: BuildContext) -> "LowRankStudent":
         check_layer_teacher(teacher)
@@ -239,7 +239,7 @@ class LowRankStudent(HFLayerStudent):
         layers = sorted(set(options.layers)) or list(range(1, n + 1))
         dense = cls.initialised_from(teacher, cls.config_from_teacher(
             teacher, n, list(range(1, n + 1)), target_layers=layers), context.seed)
-        stats = InputStatistics(_Calibrated(dense.eval()), dense.config.frontend_arch)
+        stats = InputStatistics(dense.eval(), dense.config.frontend_arch)
         stats.collect(loader)
         return cls.factorised(dense, stats, options.target, options.variance)
 
@@ -318,13 +318,3 @@ class LowRankStudent(HFLayerStudent):
         c = self.config
         return {**super().report_fields(), "ranks": dict(c.ranks), "threshold": c.threshold, "target": c.target}
 
-
-class _Calibrated:
-    """The parts :class:`InputStatistics` runs: a student's frontend and its layer stack."""
-
-    def __init__(self, student):
-        self.frontend, self.stack = student.frontend, student.inner
-        self._layers = student.inner.layers
-
-    def stack_layers(self):
-        return self._layers

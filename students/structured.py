@@ -148,7 +148,35 @@ class LayerGates(nn.Module):
         return {k: g for k in ("heads", "ffn", "attention", "ffn_layer") if (g := getattr(self, k)) is not None}
 
 
-class GatedStack(nn.Module):
+class SlicedStack(nn.Module):
+    """A stack with its distillation maps: the states, then one mapped state per distilled layer.
+
+    The sliced form as it is; the base of :class:`GatedStack`.
+    """
+
+    def __init__(self, inner: nn.Module, config: StructuredConfig, dim: int):
+        super().__init__()
+        self.inner = inner
+        self.maps = nn.ModuleList([_identity_linear(dim) for _ in config.target_layers])
+        self.target_layers = list(config.target_layers)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.inner.layers
+
+    @property
+    def final_norm(self):
+        return self.inner.final_norm
+
+    def mapped(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``states`` followed by each distilled layer's state through its map."""
+        return list(states) + [m(states[k]) for m, k in zip(self.maps, self.target_layers)]
+
+    def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
+        return self.mapped(self.inner(x, frame_lengths))
+
+
+class GatedStack(SlicedStack):
     """The teacher-size stack with gates, distillation maps and the Lagrangian term.
 
     ``forward(x (batch, frames, dim), frame_lengths (batch,), step=None)`` returns the
@@ -159,10 +187,8 @@ class GatedStack(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, config: StructuredConfig, dim: int):
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner, config, dim)
         self.arch = config.frontend_arch
-        self.maps = nn.ModuleList([_identity_linear(dim) for _ in config.target_layers])
         sizes = [layer_sizes(layer, self.arch) for layer in inner.layers]
         self.gates = nn.ModuleList([LayerGates(h, f, config.units) for h, f in sizes])
         self.lambdas = nn.Parameter(torch.zeros(2))
@@ -176,14 +202,6 @@ class GatedStack(nn.Module):
             parts.ffn_out.register_forward_pre_hook(_GateInput(self, i, "ffn"))
             parts.ffn_out.register_forward_hook(_GateOutput(self, i, "ffn_layer"))
         self._costs = [unit_costs(layer, self.arch) for layer in inner.layers]
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.inner.layers
-
-    @property
-    def final_norm(self):
-        return self.inner.final_norm
 
     # -- gates and the expected size ---------------------------------------------------------------
 
@@ -300,34 +318,12 @@ class GatedStack(nn.Module):
             states = self.inner(x, frame_lengths)
         finally:
             self._values = None
-        outputs = list(states) + [m(states[k]) for m, k in zip(self.maps, self.config.target_layers)]
+        outputs = self.mapped(states)
         if step is not None:
             term, expected, target = self.lagrangian(step)
             self.last_fraction = (expected, target)
             outputs.append(term)
         return outputs
-
-
-class SlicedStack(nn.Module):
-    """A sliced stack with its distillation maps: the states, then one mapped state per distilled layer."""
-
-    def __init__(self, inner: nn.Module, config: StructuredConfig, dim: int):
-        super().__init__()
-        self.inner = inner
-        self.maps = nn.ModuleList([_identity_linear(dim) for _ in config.target_layers])
-        self.target_layers = list(config.target_layers)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.inner.layers
-
-    @property
-    def final_norm(self):
-        return self.inner.final_norm
-
-    def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> list[torch.Tensor]:
-        states = self.inner(x, frame_lengths)
-        return list(states) + [m(states[k]) for m, k in zip(self.maps, self.target_layers)]
 
 
 def _identity_linear(dim: int) -> nn.Linear:

@@ -14,7 +14,7 @@ from distill.cli import main
 from distill.data.corpus import analysis_batches
 from distill.models.teacher import load_teacher
 from students import StudentSpec, build_student
-from students.lowrank import InputStatistics, LowRankOptions, LowRankStudent, _Calibrated, factorise_linear
+from students.lowrank import InputStatistics, LowRankOptions, LowRankStudent, factorise_linear
 
 from .conftest import save_tiny_model
 
@@ -70,7 +70,7 @@ def test_input_statistics_count_valid_frames_only(teachers, sentences_corpus):
     loader, _ = analysis_batches([str(sentences_corpus)], 1.0, 8.0, 12, 0)
     batches = list(loader)
     assert not student.config.ranks  # all variance kept: nothing factorised, a copy of the teacher
-    stats = InputStatistics(_Calibrated(student), "hubert")
+    stats = InputStatistics(student, "hubert")
     frames = stats.collect(batches)
     expected = 0
     with torch.no_grad():
