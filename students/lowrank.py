@@ -20,6 +20,7 @@ its FFN maps are factorised.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -228,6 +229,14 @@ class LowRankStudent(HFLayerStudent):
 
     @classmethod
     def from_teacher(cls, teacher, options: LowRankOptions, context: BuildContext) -> "LowRankStudent":
+        dense, stats = cls.calibrated(teacher, options, context)
+        return cls.factorised(dense, stats, options.target, options.variance)
+
+    @classmethod
+    def calibrated(cls, teacher, options: LowRankOptions,
+                   context: BuildContext) -> tuple["LowRankStudent", "InputStatistics"]:
+        """``(dense copy of the teacher, its maps' input statistics on context.data)``: what
+        :meth:`factorised` needs, measured once for any number of targets."""
         check_layer_teacher(teacher)
         if not context.data:
             raise ValueError("low-rank student: needs calibration audio (the distillation data)")
@@ -241,7 +250,7 @@ class LowRankStudent(HFLayerStudent):
             teacher, n, list(range(1, n + 1)), target_layers=layers), context.seed)
         stats = InputStatistics(dense.eval(), dense.config.frontend_arch)
         stats.collect(loader)
-        return cls.factorised(dense, stats, options.target, options.variance)
+        return dense, stats
 
     @classmethod
     def factorised(cls, dense: "LowRankStudent", stats: InputStatistics, target: float,
@@ -275,7 +284,7 @@ class LowRankStudent(HFLayerStudent):
         else:
             threshold = variance
         ranks = choose_ranks(spectra, shapes, threshold)
-        config = dense.config
+        config = copy.deepcopy(dense.config)  # dense stays as it was: it serves other targets too
         config.ranks, config.threshold, config.target = ranks, threshold, target
         student = cls(config)
         student.frontend.load_state_dict(dense.frontend.state_dict())

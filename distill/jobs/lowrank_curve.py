@@ -54,11 +54,11 @@ def run_lowrank_curve(cfg: LowRankCurveConfig, teacher, calibration: list[str], 
     out.mkdir(parents=True, exist_ok=True)
     total = teacher.info.params_total
     points = []
+    options = LowRankOptions(calibration_utterances=cfg.calibration_utterances)
+    dense, stats = LowRankStudent.calibrated(teacher, options, BuildContext(calibration, 0))  # once for every point
     for fraction in cfg.fractions:
         tag = f"{fraction:.2f}"
-        model = LowRankStudent.from_teacher(
-            teacher, LowRankOptions(target=fraction, calibration_utterances=cfg.calibration_utterances),
-            BuildContext(calibration, 0))
+        model = LowRankStudent.factorised(dense, stats, fraction, options.variance)
         model.name = f"lowrank-{tag}"
         folder = out / "models" / tag
         model.save_pretrained(folder, safe_serialization=True)
