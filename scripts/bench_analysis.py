@@ -9,13 +9,17 @@ mean taken), plus the peak growth of the process's resident memory during the an
 (sampled every 5 ms). Memory should not grow with the number of utterances. Writes JSON.
 
     .venv/bin/python scripts/bench_analysis.py --out runs/bench_analysis.json
+    .venv/bin/python scripts/bench_analysis.py --smoke --out /tmp/bench_analysis.json   # seconds, run by the tests
+
+The JSON is rewritten after every row; a row that fails is named in its ``failed`` list with its
+error, the others still run, and the script exits non-zero. ``--smoke``: random models of 2 and 3
+layers (no Whisper), 8 and 16 utterances, mini-batches of 8 samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import threading
 import time
@@ -27,17 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.analysis.similarity import SimilaritySettings, similarity_matrices  # noqa: E402
+from distill.core.bench_record import BenchmarkIncomplete, BenchRecord  # noqa: E402
 from distill.models.teacher import load_teacher  # noqa: E402
 
 
-def random_ssl(folder: Path, layers: int) -> str:
+def random_ssl(folder: Path, layers: int, width: int = 256) -> str:
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
-    cfg = Wav2Vec2Config(hidden_size=256, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=1024,
-                         conv_dim=(128,) * 7)
-    Wav2Vec2Model(cfg).save_pretrained(folder / f"w2v2_{layers}")
-    return str(folder / f"w2v2_{layers}")
+    cfg = Wav2Vec2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * width,
+                         conv_dim=(width // 2,) * 7, num_conv_pos_embeddings=16)
+    Wav2Vec2Model(cfg).save_pretrained(folder / f"w2v2_{layers}x{width}")
+    return str(folder / f"w2v2_{layers}x{width}")
 
 
 def batches(n_utts: int, seconds: float = 1.0, per_batch: int = 16):
@@ -80,43 +85,63 @@ def time_forward(model, data) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
+def measure(model, label: str, granularity: str, n: int, batch_size: int = 128) -> dict:
+    """One row: the forward pass alone (before and after, mean) and the analysis with it."""
+    data = batches(n)
+    before = time_forward(model, data)
+    settings = SimilaritySettings(mode="minibatch", batch_size=batch_size, max_batches=10_000,
+                                  granularity=granularity, crop_frames=49, knn_k=min(10, batch_size - 1))
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        _, counts = similarity_matrices(model, data, settings, progress=False)
+        total = time.perf_counter() - t0
+    forward = (before + time_forward(model, data)) / 2
+    return {"model": label, "layers": model.num_layers, "granularity": granularity, "utterances": n,
+            "forward_seconds": forward, "analysis_seconds_incl_forward": total, "ratio_to_forward": total / forward,
+            "minibatch_samples": batch_size, "minibatches": counts["minibatches"], "peak_rss_growth_mb": mem.growth_mb}
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_analysis.json")
     p.add_argument("--utterances", default="128,512", help="comma-separated numbers of 1 s utterances")
     p.add_argument("--granularities", default="utterance,crops", help="comma-separated granularities")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="tiny random models, few utterances: a few seconds")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    tmp = Path(args.out).parent / "bench_models"
-    models = {"whisper-tiny.en (4 layers)": "whisper-tiny.en",
-              "random wav2vec2, 12 layers": random_ssl(tmp, 12),
-              "random wav2vec2, 24 layers": random_ssl(tmp, 24)}
-    rows = []
+    out = Path(args.out)
+    tmp = out.parent / "bench_models"
+    if args.smoke:
+        models = {"random wav2vec2, 2 layers": random_ssl(tmp, 2, 32), "random wav2vec2, 3 layers": random_ssl(tmp, 3, 32)}
+        utterances, batch_size = [8, 16], 8
+    else:
+        models = {"whisper-tiny.en (4 layers)": "whisper-tiny.en",
+                  "random wav2vec2, 12 layers": random_ssl(tmp, 12),
+                  "random wav2vec2, 24 layers": random_ssl(tmp, 24)}
+        utterances, batch_size = [int(x) for x in args.utterances.split(",")], 128
+    record = BenchRecord(out, {"threads": args.threads, "smoke": args.smoke, "rows": []})
     for label, spec in models.items():
-        model = load_teacher(spec)
-        for granularity, n in itertools.product(args.granularities.split(","),
-                                                [int(x) for x in args.utterances.split(",")]):
-            data = batches(n)
-            before = time_forward(model, data)
-            settings = SimilaritySettings(mode="minibatch", batch_size=128, max_batches=10_000,
-                                          granularity=granularity, crop_frames=49)
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                _, counts = similarity_matrices(model, data, settings, progress=False)
-                total = time.perf_counter() - t0
-            forward = (before + time_forward(model, data)) / 2
-            row = {"model": label, "layers": model.num_layers, "granularity": granularity, "utterances": n,
-                   "forward_seconds": forward,
-                   "analysis_seconds_incl_forward": total, "ratio_to_forward": total / forward,
-                   "minibatches": counts["minibatches"], "peak_rss_growth_mb": mem.growth_mb}
-            rows.append(row)
-            print(f"{label:28s} {granularity:9s} {n:5d} utts  forward {forward:6.2f}s  analysis {total:6.2f}s  "
-                  f"ratio {row['ratio_to_forward']:5.2f}  peak RSS growth {mem.growth_mb:7.1f} MB")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=2))
-    print(f"wrote {args.out}")
+        model = record.part(f"load {label}", lambda: load_teacher(spec))
+        if model is None:
+            continue
+        for granularity, n in itertools.product(args.granularities.split(","), utterances):
+            row = record.part(f"{label}, {granularity}, {n} utterances", lambda: measure(model, label, granularity, n, batch_size))
+            if row is None:
+                continue
+            record.result["rows"].append(row)
+            record.save()
+            print(f"{label:28s} {granularity:9s} {n:5d} utts  forward {row['forward_seconds']:6.2f}s  analysis "
+                  f"{row['analysis_seconds_incl_forward']:6.2f}s  ratio {row['ratio_to_forward']:5.2f}  "
+                  f"peak RSS growth {row['peak_rss_growth_mb']:7.1f} MB", flush=True)
+    try:
+        record.finish()
+    except BenchmarkIncomplete as err:
+        print(f"[bench_analysis] {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

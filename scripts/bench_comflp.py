@@ -9,6 +9,8 @@
 
     .venv/bin/python scripts/bench_comflp.py --out runs/bench_comflp.json
     .venv/bin/python scripts/bench_comflp.py --smoke --out /tmp/bench_comflp.json   # seconds
+
+The JSON is rewritten after each part; a part that fails is named in its ``failed`` list.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.analysis.comflp import coarse_search  # noqa: E402
+from distill.core.bench_record import BenchmarkIncomplete, BenchRecord  # noqa: E402
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -78,7 +81,7 @@ def beam_misses(depths: list[int], matrices: int, beam: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench_comflp.json")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (the test suite runs this)")
@@ -88,12 +91,18 @@ def main() -> None:
     else:
         cases, repeats, depths, matrices = [(12, 6), (16, 8), (24, 8), (24, 12), (32, 16), (48, 24)], 5, \
             [8, 12, 16, 24, 32], 200
-    result = {"timing": timing(cases, repeats, enumerate_up_to=2e6), "beam_misses": beam_misses(depths, matrices, 10)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    record = BenchRecord(out, {"smoke": args.smoke, "timing": [], "beam_misses": []})
+    record.result["timing"] = record.part("timing", lambda: timing(cases, repeats, enumerate_up_to=2e6)) or []
+    record.result["beam_misses"] = record.part("beam misses", lambda: beam_misses(depths, matrices, 10)) or []
+    try:
+        record.finish()
+    except BenchmarkIncomplete as err:
+        print(f"[bench_comflp] {err}", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 """Distillation throughput, online against cached teacher targets, measured in one run.
 
     .venv/bin/python scripts/bench_train.py --out runs/bench_train.json
+    .venv/bin/python scripts/bench_train.py --smoke --out /tmp/bench_train.json   # about a minute, run by the tests
 
 Per teacher (the offline default Whisper tiny.en, and a 12-layer, 768-wide random-weight HuBERT
 of base size) and per student (mimic MLP, mimic transformer, DistilHuBERT-style): steady-state
@@ -13,7 +14,13 @@ trained. Then peak RSS of short training runs for two batch budgets, on short fi
 files of 40 s and 120 s: memory follows the budget, not the file length.
 
 Every figure comes from the real training loop (``distill.training.distillation.distill``): steps are timed
-from the ``elapsed`` / ``audio_seconds`` of its log rows, after warm-up steps.
+from the ``elapsed`` / ``audio_seconds`` of its log rows, after warm-up steps; memory is the
+``memory`` figure of the run's summary (resident set at the loop's start, peak since).
+
+The JSON is rewritten after every part (a case, a cache build, a memory run): a part that fails
+is named in its ``failed`` list with its error (a child process's own traceback), the others still
+run, and the script exits non-zero. ``--smoke``: a tiny random HuBERT teacher, generated audio,
+a few steps and short files: every part in about a minute, to check the script still runs.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {"whisper-tiny.en": 5.0, "hubert-base-random": 10.0}  # required speedup of the mimic MLP (issue 8)
 
 
-def _students():
+def _students(smoke: bool = False):
     from students.mimic import MimicOptions
     from students.registry import StudentSpec
 
@@ -46,15 +53,42 @@ def _students():
                                          sections={"mimic": MimicOptions(block_type="transformer")}),
         "distilhubert": StudentSpec(name="distilhubert", kind="distilhubert"),
         # its pruning phase (the teacher-size gated student) is what costs: the row times that phase
-        "structured": _structured_spec(),
+        "structured": _structured_spec(smoke),
     }
 
 
-def _structured_spec():
+def _structured_spec(smoke: bool):
     from students.registry import StudentSpec
     from students.structured import StructuredOptions
 
-    return StudentSpec(name="structured", kind="structured", sections={"structured": StructuredOptions(final_steps=1)})
+    # the smoke teacher is mostly frontend: a quarter of it is below what gates can reach
+    options = StructuredOptions(final_steps=1, **({"target": 0.6} if smoke else {}))
+    return StudentSpec(name="structured", kind="structured", sections={"structured": options})
+
+
+def _smoke_teacher(folder: Path) -> str:
+    """A tiny random-weight HuBERT (2 layers of 32): the smoke run's teacher."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                             num_conv_pos_embedding_groups=2)).save_pretrained(folder)
+    return str(folder)
+
+
+def _smoke_audio(folder: Path, files: int = 16) -> str:
+    """Seeded noise files of 1 to 2.5 s (16 kHz): enough for the loop, no text-to-speech needed."""
+    import torch
+
+    from distill.data.audio import write_wav
+
+    g = torch.Generator().manual_seed(0)
+    for k in range(files):
+        n = int(16000 * (1.0 + 1.5 * k / max(1, files - 1)))
+        write_wav(folder / f"noise_{k:02d}.wav", 0.1 * torch.randn(n, generator=g))
+    return str(folder)
 
 
 def _base_hubert(folder: Path) -> str:
@@ -113,46 +147,74 @@ def _du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def bench_teacher(name: str, teacher_spec: str, data: list[str], work: Path, steps: int, warmup: int,
-                  batch_seconds: float) -> dict:
+def bench_teacher(record, name: str, teacher_spec: str, data: list[str], work: Path, steps: int, warmup: int,
+                  batch_seconds: float, students: dict, read_seconds: float) -> None:
+    """Every student online and cached under one teacher, and the cache's cost, into ``record``."""
     from distill.data.cache import CacheConfig
     from distill.data.corpus import list_audio
     from distill.models.teacher import load_teacher
     from distill.training.distillation import TrainConfig, cache_for_students, distill
 
-    students = _students()
+    result = record.result
     teacher = load_teacher(teacher_spec)
     items, _ = list_audio(data)
     cache_root = work / f"cache-{name}"
-    t0 = time.time()
-    cache = cache_for_students(teacher, list(students.values()), data, TrainConfig(batch_seconds=batch_seconds),
-                               CacheConfig(root=str(cache_root)))
-    build_seconds = time.time() - t0
-    cases = []
-    for sname, spec in students.items():
-        row = {"teacher": name, "student": sname}
-        for source in ("online", "cached"):
-            out = work / f"{name}-{sname}-{source}"
+
+    def build():
+        t0 = time.time()
+        made = cache_for_students(teacher, list(students.values()), data, TrainConfig(batch_seconds=batch_seconds),
+                                  CacheConfig(root=str(cache_root)))
+        return made, time.time() - t0
+
+    cache, build_seconds = record.part(f"cache build ({name})", build) or (None, None)
+
+    def throughput(spec, source):
+        out = work / f"{name}-{spec.name}-{source}"
+        try:
             distill(_train_cfg(teacher_spec, data, out, spec, warmup + steps, batch_seconds, source == "cached",
                                cache_root))
-            row[source] = _steady_throughput(out / "prune" if spec.kind == "structured" else out, warmup)
-            shutil.rmtree(out)
-        row["speedup"] = row["cached"]["audio_seconds_per_second"] / row["online"]["audio_seconds_per_second"]
-        row["read_limit_audio_seconds_per_second"] = _read_limit(cache, teacher, items, spec, batch_seconds)
-        row["cached_of_read_limit_pct"] = 100 * row["cached"]["audio_seconds_per_second"] / \
-            row["read_limit_audio_seconds_per_second"]
-        print(f"  {name} / {sname}: online {row['online']['audio_seconds_per_second']:.0f}, cached "
-              f"{row['cached']['audio_seconds_per_second']:.0f} s/s, speedup {row['speedup']:.1f}x, read limit "
-              f"{row['read_limit_audio_seconds_per_second']:.0f} s/s", flush=True)
-        cases.append(row)
-    audio = cache.manifest["audio_seconds"]
-    mlp_online = next(c for c in cases if c["student"] == "mimic-mlp")["online"]["audio_seconds_per_second"]
-    epoch_seconds = audio / mlp_online
-    return {"cases": cases, "cache": {
-        "teacher": name, "build_seconds": build_seconds, "online_epoch_seconds_mimic_mlp": epoch_seconds,
-        "build_over_online_epoch": build_seconds / epoch_seconds, "bytes_on_disk": _du(cache.folder),
-        "segments": cache.manifest["segments"], "audio_seconds": audio, "slots": cache.slots,
-        "bytes_per_audio_second": _du(cache.folder) / audio}}
+            return _steady_throughput(out / "prune" if spec.kind == "structured" else out, warmup)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    for sname, spec in students.items():
+        row = {"teacher": name, "student": sname}
+        result["cases"].append(row)
+        for source in ("online", "cached"):
+            row[source] = record.part(f"{source} training ({name} / {sname})", lambda: throughput(spec, source))
+        if row["online"] and row["cached"]:
+            row["speedup"] = row["cached"]["audio_seconds_per_second"] / row["online"]["audio_seconds_per_second"]
+        if cache is not None:
+            row["read_limit_audio_seconds_per_second"] = record.part(
+                f"read limit ({name} / {sname})", lambda: _read_limit(cache, teacher, items, spec, batch_seconds,
+                                                                      read_seconds))
+            if row["cached"] and row["read_limit_audio_seconds_per_second"]:
+                row["cached_of_read_limit_pct"] = 100 * row["cached"]["audio_seconds_per_second"] / \
+                    row["read_limit_audio_seconds_per_second"]
+        record.save()
+        print(f"  {name} / {sname}: " + ", ".join(f"{label} {_fmt(row, k)}" for k, label in (
+            ("online", "online"), ("cached", "cached"), ("speedup", "speedup"),
+            ("read_limit_audio_seconds_per_second", "read limit"))), flush=True)
+    mlp = next((c for c in result["cases"] if c["teacher"] == name and c["student"] == "mimic-mlp"), None)
+    if cache is not None:
+        audio = cache.manifest["audio_seconds"]
+        row = {"teacher": name, "build_seconds": build_seconds, "bytes_on_disk": _du(cache.folder),
+               "segments": cache.manifest["segments"], "audio_seconds": audio, "slots": cache.slots,
+               "bytes_per_audio_second": _du(cache.folder) / audio}
+        if mlp and mlp.get("online"):
+            row["online_epoch_seconds_mimic_mlp"] = audio / mlp["online"]["audio_seconds_per_second"]
+            row["build_over_online_epoch"] = build_seconds / row["online_epoch_seconds_mimic_mlp"]
+        result["cache"].append(row)
+        record.save()
+
+
+def _fmt(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "failed"
+    if isinstance(value, dict):
+        value = value["audio_seconds_per_second"]
+    return f"{value:.1f}x" if key == "speedup" else f"{value:.0f} s/s"
 
 
 def _long_files(data: list[str], folder: Path, seconds: list[float]) -> str:
@@ -176,81 +238,79 @@ def _long_files(data: list[str], folder: Path, seconds: list[float]) -> str:
     return str(folder)
 
 
-def _status_mb(key: str) -> float:
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key))
-    return int(line.split()[1]) / 1024
-
-
 def _rss_child(args: dict) -> None:
-    """Run one short distillation; print resident memory after set-up and its peak during the loop.
+    """Run one short distillation (the library's ``distill``, nothing replaced) and print its summary's
+    memory: the resident set at the loop's start and the peak since (set-up excluded)."""
+    from distill.training.distillation import distill
 
-    The peak (VmHWM) is reset once set-up is done (Linux ``clear_refs``), so imports and loading
-    the teacher do not mask what the batches themselves cost.
-    """
-    import gc
-
-    from distill.training.distillation import setup
-    from distill.training.loop import train_loop
-
-    spec = _students()["mimic-mlp"]
-    # the library's own two steps (what distill() does): set-up, then the loop; nothing replaced
-    run = setup(_train_cfg(args["teacher"], args["data"], Path(args["out"]), spec, args["steps"],
-                           args["batch_seconds"], args["cache"], Path(args["cache_root"])))
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    after_setup = _status_mb("VmRSS")
-    train_loop(run)
-    print(json.dumps({"rss_after_setup_mb": after_setup, "peak_rss_mb": _status_mb("VmHWM")}))
+    spec = _students(args.get("smoke", False))["mimic-mlp"]
+    summary = distill(_train_cfg(args["teacher"], args["data"], Path(args["out"]), spec, args["steps"],
+                                 args["batch_seconds"], args["cache"], Path(args["cache_root"])))
+    memory = summary["memory"]
+    print(json.dumps({"rss_after_setup_mb": memory["rss_at_start_mb"], "peak_rss_mb": memory["peak_rss_mb"],
+                      "peak_since": memory["peak_since"]}))
 
 
-def bench_rss(data: list[str], work: Path, budgets: list[float], steps: int) -> list[dict]:
+def bench_rss(record, teacher: str, data: list[str], work: Path, budgets: list[float], steps: int,
+              long_seconds: list[float], smoke: bool) -> None:
+    """Peak memory of short runs, each in a fresh process, per batch budget, on short and on long files."""
+    label = "+".join(f"{s:g}" for s in sorted(set(long_seconds)))
     corpora = {"short files (corpus)": data,
-               "40 s and 120 s files": [_long_files(data, work / "long", [40, 40, 120, 120, 40, 120])]}
-    rows = []
+               f"long files ({label} s)": [_long_files(data, work / "long", long_seconds)]}
+    rows = record.result["rss"]
     for files, d in corpora.items():
         for budget in budgets:
             for cache in (False, True):
-                args = {"teacher": "whisper-tiny.en", "data": d, "out": str(work / "rss-run"), "steps": steps,
-                        "batch_seconds": budget, "cache": cache, "cache_root": str(work / "rss-cache")}
-                proc = subprocess.run([sys.executable, __file__, "--rss-child", json.dumps(args)], capture_output=True,
-                                      text=True)
-                if proc.returncode != 0:  # the child's own error, not only its exit status
-                    raise RuntimeError(f"peak-RSS run ({files}, budget {budget:g} s, cache {cache}) failed:\n"
-                                       f"{proc.stderr[-3000:]}")
-                m = json.loads(proc.stdout.strip().splitlines()[-1])
-                growth = m["peak_rss_mb"] - m["rss_after_setup_mb"]
-                rows.append({"files": files, "batch_seconds": budget, "source": "cached" if cache else "online",
-                             **m, "growth_in_training_mb": growth})
-                print(f"  RSS {files}, budget {budget:g} s, {'cached' if cache else 'online'}: peak {m['peak_rss_mb']:.0f}"
-                      f" MB, {growth:+.0f} MB over set-up", flush=True)
+                source = "cached" if cache else "online"
+                args = {"teacher": teacher, "data": d, "out": str(work / "rss-run"), "steps": steps,
+                        "batch_seconds": budget, "cache": cache, "cache_root": str(work / "rss-cache"), "smoke": smoke}
+                m = record.part(f"peak RSS ({files}, budget {budget:g} s, {source})", lambda: _rss_run(args))
                 shutil.rmtree(work / "rss-run", ignore_errors=True)
-    return rows
+                if m is None:
+                    continue
+                growth = m["peak_rss_mb"] - m["rss_after_setup_mb"]
+                rows.append({"files": files, "batch_seconds": budget, "source": source, **m,
+                             "growth_in_training_mb": growth})
+                record.save()
+                print(f"  RSS {files}, budget {budget:g} s, {source}: peak {m['peak_rss_mb']:.0f}"
+                      f" MB, {growth:+.0f} MB over set-up", flush=True)
+
+
+def _rss_run(args: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--rss-child", json.dumps(args)], capture_output=True, text=True)
+    if proc.returncode != 0:  # the child's own error, not only its exit status
+        raise RuntimeError(f"the child process exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _markdown(result: dict) -> str:
+    value = lambda v, fmt: "failed" if v is None else format(v, fmt)  # noqa: E731
     lines = ["| teacher | student | online s/s | cached s/s | speedup | read limit s/s | cached of limit |",
              "|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
-        lines.append(f"| {c['teacher']} | {c['student']} | {c['online']['audio_seconds_per_second']:.0f} | "
-                     f"{c['cached']['audio_seconds_per_second']:.0f} | {c['speedup']:.1f}x | "
-                     f"{c['read_limit_audio_seconds_per_second']:.0f} | {c['cached_of_read_limit_pct']:.0f} % |")
+        rate = lambda k: value((c.get(k) or {}).get("audio_seconds_per_second"), ".0f")  # noqa: E731
+        limit = value(c.get("read_limit_audio_seconds_per_second"), ".0f")
+        lines.append(f"| {c['teacher']} | {c['student']} | {rate('online')} | {rate('cached')} | "
+                     f"{value(c.get('speedup'), '.1f')}x | {limit} | {value(c.get('cached_of_read_limit_pct'), '.0f')} % |")
     lines += ["", "| teacher | cache build s | one online epoch s (mimic MLP) | ratio | size on disk | per audio second |",
               "|---|---|---|---|---|---|"]
     for c in result["cache"]:
-        lines.append(f"| {c['teacher']} | {c['build_seconds']:.1f} | {c['online_epoch_seconds_mimic_mlp']:.1f} | "
-                     f"{c['build_over_online_epoch']:.2f} | {c['bytes_on_disk'] / 1e6:.0f} MB | "
+        epoch = value(c.get("online_epoch_seconds_mimic_mlp"), ".1f")
+        lines.append(f"| {c['teacher']} | {c['build_seconds']:.1f} | {epoch} | {value(c.get('build_over_online_epoch'), '.2f')} | {c['bytes_on_disk'] / 1e6:.0f} MB | "
                      f"{c['bytes_per_audio_second'] / 1e3:.0f} kB |")
     lines += ["", "| files | batch budget | online: peak RSS (growth in training) | cached: peak RSS (growth) |",
               "|---|---|---|---|"]
     keyed = {(r["files"], r["batch_seconds"], r["source"]): r for r in result["rss"]}
-    cell = lambda r: f"{r['peak_rss_mb']:.0f} MB ({r['growth_in_training_mb']:+.0f} MB)"
+    cell = lambda r: "failed" if r is None else f"{r['peak_rss_mb']:.0f} MB ({r['growth_in_training_mb']:+.0f} MB)"  # noqa: E731
     for files, budget in dict.fromkeys((r["files"], r["batch_seconds"]) for r in result["rss"]):
-        lines.append(f"| {files} | {budget:g} s | {cell(keyed[(files, budget, 'online')])} | "
-                     f"{cell(keyed[(files, budget, 'cached')])} |")
+        lines.append(f"| {files} | {budget:g} s | {cell(keyed.get((files, budget, 'online')))} | "
+                     f"{cell(keyed.get((files, budget, 'cached')))} |")
+    if result["failed"]:
+        lines += ["", "Failed: " + "; ".join(f"{f['part']}" for f in result["failed"])]
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_train.json")
     p.add_argument("--data", nargs="*", help="training audio (default: the pipeline's synthetic sentences)")
@@ -258,9 +318,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--batch_seconds", type=float, default=20.0)
-    p.add_argument("--rss_budgets", type=float, nargs=2, default=[10.0, 40.0])
+    p.add_argument("--rss_budgets", type=float, nargs="+", default=[10.0, 40.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip_base", action="store_true", help="only the offline default teacher")
+    p.add_argument("--smoke", action="store_true",
+                   help="every part on a tiny random teacher and generated audio, a few steps (about a minute)")
     p.add_argument("--rss-child", dest="rss_child", help=argparse.SUPPRESS)
     args = p.parse_args()
     import logging
@@ -271,46 +333,67 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.rss_child:
         _rss_child(json.loads(args.rss_child))
-        return
+        return 0
 
-    from tasks.corpora.synthetic import SentencesConfig, build_sentences
+    from distill.core.bench_record import BenchmarkIncomplete, BenchRecord
 
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))
-    data = args.data or [str(build_sentences(SentencesConfig(speakers=40, utterances_per_speaker=12)))]
+    if args.smoke:
+        data = args.data or [_smoke_audio(work / "audio")]
+        teachers = {"tiny-random-hubert": _smoke_teacher(work / "teacher")}
+        steps, warmup, batch_seconds, read_seconds = 2, 1, 4.0, 0.3
+        budgets, rss_steps, long_seconds = [4.0], 3, [6.0, 12.0]
+    else:
+        from tasks.corpora.synthetic import SentencesConfig, build_sentences
+
+        data = args.data or [str(build_sentences(SentencesConfig(speakers=40, utterances_per_speaker=12)))]
+        teachers = {"whisper-tiny.en": "whisper-tiny.en"}
+        if not args.skip_base:
+            teachers["hubert-base-random"] = _base_hubert(work / "hubert-base")
+        steps, warmup, batch_seconds, read_seconds = args.steps, args.warmup, args.batch_seconds, 5.0
+        budgets, rss_steps, long_seconds = args.rss_budgets, 15, [40, 40, 120, 120, 40, 120]
     subset = work / "subset.tsv"
     _subset_manifest(data, subset, args.max_files)
     data = [str(subset)]
-    teachers = {"whisper-tiny.en": "whisper-tiny.en"}
-    if not args.skip_base:
-        teachers["hubert-base-random"] = _base_hubert(work / "hubert-base")
-    result = {"date": date.today().isoformat(), "threads": args.threads, "batch_seconds": args.batch_seconds,
-              "data": {"sources": args.data or "synthetic sentences", "files": args.max_files},
-              "steps_timed": args.steps, "warmup_steps": args.warmup, "cases": [], "cache": []}
+    out = Path(args.out)
+    record = BenchRecord(out, {
+        "date": date.today().isoformat(), "smoke": args.smoke, "threads": args.threads, "batch_seconds": batch_seconds,
+        "data": {"sources": args.data or ("generated noise" if args.smoke else "synthetic sentences"),
+                 "files": args.max_files},
+        "teachers": teachers, "steps_timed": steps, "warmup_steps": warmup, "cases": [], "cache": [], "rss": []})
+    result = record.result
     t0 = time.time()
+    students = _students(args.smoke)
     for name, spec in teachers.items():
         print(f"[bench_train] teacher {name}", flush=True)
-        r = bench_teacher(name, spec, data, work, args.steps, args.warmup, args.batch_seconds)
-        result["cases"] += r["cases"]
-        result["cache"].append(r["cache"])
+        record.part(f"teacher {name}", lambda: bench_teacher(record, name, spec, data, work, steps, warmup,
+                                                             batch_seconds, students, read_seconds))
     print("[bench_train] peak RSS", flush=True)
-    result["rss"] = bench_rss(data, work, args.rss_budgets, 15)
+    record.part("peak RSS", lambda: bench_rss(record, next(iter(teachers.values())), data, work, budgets, rss_steps,
+                                              long_seconds, args.smoke))
     by_budget = {}
     for r in result["rss"]:
         by_budget.setdefault((r["batch_seconds"], r["source"]), []).append(r["growth_in_training_mb"])
     result["rss_growth_spread_over_file_lengths_mb"] = {f"{b:g}s-{s}": max(v) - min(v) for (b, s), v in by_budget.items()}
-    result["targets"] = {name: {"required_speedup": need, "speedup": next(
-        c["speedup"] for c in result["cases"] if c["teacher"] == name and c["student"] == "mimic-mlp"),
-        "met": None} for name, need in TARGETS.items() if name in teachers}
-    for t in result["targets"].values():
-        t["met"] = t["speedup"] >= t["required_speedup"]
+    result["targets"] = {}
+    for name, need in TARGETS.items():
+        mlp = next((c for c in result["cases"] if c["teacher"] == name and c["student"] == "mimic-mlp"), None)
+        if mlp is not None:
+            speedup = mlp.get("speedup")
+            result["targets"][name] = {"required_speedup": need, "speedup": speedup,
+                                       "met": None if speedup is None else speedup >= need}
+    speedups = [c["speedup"] for c in result["cases"] if c.get("speedup") is not None]
+    result["median_speedup"] = statistics.median(speedups) if speedups else None
     result["seconds"] = time.time() - t0
-    result["median_speedup"] = statistics.median(c["speedup"] for c in result["cases"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(_markdown(result))
-    print(f"[bench_train] wrote {out} ({result['seconds'] / 60:.1f} min)")
     shutil.rmtree(work, ignore_errors=True)
+    try:
+        record.finish()
+    except BenchmarkIncomplete as err:
+        print(f"[bench_train] {err}", file=sys.stderr)
+        return 1
+    print(f"[bench_train] wrote {out} ({result['seconds'] / 60:.1f} min)")
+    return 0
 
 
 def _subset_manifest(data: list[str], path: Path, n: int) -> None:
@@ -326,4 +409,4 @@ def _subset_manifest(data: list[str], path: Path, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

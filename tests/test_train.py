@@ -44,6 +44,11 @@ def test_short_run_reduces_loss_and_fills_the_run_folder(tiny_whisper_dir, sente
         assert (out / name).exists(), name
     assert any((out / "tb").rglob("events.out.tfevents*"))
     assert not list((out / "checkpoints").glob(".*tmp*"))  # no half-written checkpoint left
+    # this process's memory in every log row and the summary: the peak counted from the loop's start
+    mem = summary["memory"]
+    assert mem["peak_since"] == "reset at start" and mem["growth_mb"] == mem["peak_rss_mb"] - mem["rss_at_start_mb"]
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] > 0 for r in rows if "train_loss" in r)
+    assert max(r["peak_rss_mb"] for r in rows if "train_loss" in r) <= mem["peak_rss_mb"]
 
 
 def test_bad_files_in_training_data_are_skipped(tiny_whisper_dir, sentences_corpus, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from distill.core.bench_record import BenchmarkIncomplete
 from distill.core.config import add_config_arguments, config_from_args, to_dict
 from distill.core.fsutil import remove_if_empty
 
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"stackdistill {command}: error: {err}", file=sys.stderr)
         return 2
+    except BenchmarkIncomplete as err:  # the parts that ran are in its JSON
+        print(f"stackdistill {command}: {err}", file=sys.stderr)
+        return 1
     if isinstance(result, dict):
         summary = {k: v for k, v in result.items() if k not in ("skipped",)}
         print(json.dumps(summary, indent=2, default=str))

@@ -22,6 +22,9 @@ agrees) applies no update (under fp16 the gradient scaler skips it and lowers it
 try (:class:`TrainingDiverged`, a ``ValueError``: the CLI exits non-zero). A non-finite
 validation score is never the best, and nothing non-finite is ever written: checkpoints,
 ``best/`` and ``last/`` refuse NaN or infinite tensors (:func:`distill.core.protocol.require_finite`).
+
+Every log row and the summary carry this process's resident memory (``rss_mb``, ``peak_rss_mb``;
+the peak counted from the loop's start, set-up excluded: :mod:`distill.core.memory`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tqdm import tqdm
 
 from distill.core.config import to_dict
 from distill.core.fsutil import atomic_dir, claim_run_folder, write_json_atomic, write_text_atomic
+from distill.core.memory import PeakSince
 from distill.core.plots import curves
 from distill.core.protocol import require_finite
 from distill.training.checkpoints import CheckpointManager, TrainerState
@@ -284,6 +288,7 @@ def train_loop(run: Run, final: bool = True) -> dict:
                                        if isinstance(v, (int, float, str, bool))})
 
     start_step, t0 = state.step, time.time()
+    memory = PeakSince.start()  # set-up (imports, teacher, cache build) excluded from the peak
     audio_before, audio_here = state.audio_seconds, 0.0  # all processes' until the checkpoint; this one's since
     seen: list[int] = []
     window = _LossWindow()
@@ -325,7 +330,8 @@ def train_loop(run: Run, final: bool = True) -> dict:
             if state.step % t.log_every == 0 or state.step == t.max_steps:
                 row = {**window.flush(acc), "lr": run.scheduler.get_last_lr()[0], "epoch": state.epoch,
                        "elapsed": time.time() - t0, "audio_seconds": audio_before + _sum_over_ranks(acc, audio_here),
-                       "skipped_updates": state.skipped_updates}
+                       "skipped_updates": state.skipped_updates,
+                       **{k: v for k, v in memory.figures().items() if v is not None}}
                 if "train_loss" in row:
                     bar.set_postfix(loss=f"{row['train_loss']:.4f}")
                 acc.log(row, step=state.step)
@@ -358,7 +364,7 @@ def train_loop(run: Run, final: bool = True) -> dict:
         raise ValueError(f"{run.out}: no validation gave a finite {run.objective.score}, so there is no best/ "
                          "model; see metrics.jsonl (a lower --train.lr or --train.mixed_precision no may help)")
     _gather_totals(acc, state, audio_before, audio_here)
-    return _finish(run, state, start_step, time.time() - t0, seen, final)
+    return _finish(run, state, start_step, time.time() - t0, seen, memory, final)
 
 
 RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "loss.png", "test.json", "best", "last", "ranks", "tb")
@@ -458,7 +464,7 @@ class _DivergenceGuard:
         raise TrainingDiverged(message)
 
 
-def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int],
+def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen: list[int], memory: PeakSince,
             final: bool = True) -> dict:
     """Rank reports, the summary and the loss plot; then release DDP."""
     acc = run.acc
@@ -475,6 +481,7 @@ def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen
         "files_skipped": len(state.skipped), "skipped": state.skipped, "skipped_updates": state.skipped_updates,
         "num_processes": acc.num_processes, "grad_accum": run.train.grad_accum,
         "targets": {"source": run.source.kind, "cache": run.cache_summary},
+        "memory": memory.summary(),  # this process's: the loop's start (after set-up) and its peak since
         **run.objective.summary(),
     }
     if run.main:
