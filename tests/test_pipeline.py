@@ -17,7 +17,17 @@ REQUIRED = {"params_frontend", "params_stack", "params_total", "cpu_seconds_per_
 
 @pytest.mark.slow
 def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, sentences_corpus, ks_corpus, fsc_corpus,
-                                                              prompts_corpus, tmp_path):
+                                                              prompts_corpus, tmp_path, monkeypatch):
+    from distill.core import plots
+
+    drawn = {}  # every figure saved: its titles, read from the figure itself
+    save = plots.save_figure
+
+    def recording(fig, path, dpi=plots.DPI):
+        drawn[str(path)] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", recording)
     cfg = load_config(PipelineConfig, None, {
         "out": str(tmp_path / "run"), "teacher": str(tiny_whisper_dir), "distill_data": [str(sentences_corpus)],
         "ks_data": str(ks_corpus), "train.max_steps": 4, "train.eval_every": 2, "train.save_every": 4,
@@ -92,6 +102,18 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     for png in ("prune/curve.png", "analysis/heatmap_linear_cka.png", "pareto.png",
                 "layer_consistency/shared/depth_curve.png"):
         assert (run / png).is_file(), png
+    # every picture titled with names, never a path (the teacher and the students are folders here)
+    pictures = {str(p) for p in run.rglob("*.png")} - {str(run / "suite" / "suite.png")}
+    assert pictures <= set(drawn) and len(pictures) > 20
+    assert all(titles and not any("/" in t for t in titles) for titles in drawn.values()), drawn
+    assert drawn[str(run / "layer_consistency" / "shared" / "depth_curve.png")][0].startswith(
+        f"shared (student of {tiny_whisper_dir.name})")
+    assert tiny_whisper_dir.name in drawn[str(run / "pareto.png")][0]
+    # the frontier of the KS plot: no listed model is beaten by a smaller, more accurate one, every other one is
+    size = {n: (e["params_total"], e["ks_test_accuracy"]) for n, e in saved["models"].items()}
+    beaten = {n for n, (p, a) in size.items() for m, (q, b) in size.items()
+              if m != n and q <= p and b >= a and (q, b) != (p, a)}
+    assert set(saved["pareto_frontier"]) == set(size) - beaten and saved["pareto_frontier"]
     # one teacher-target cache, built once, read by every student: the union of their layers
     assert saved["cache"]["slots"] == ["features", 1, 2, 3] and not saved["cache"]["reused"]
     summaries = [json.loads((run / "distill" / n / "summary.json").read_text()) for n in students]

@@ -167,6 +167,18 @@ def test_suite_table_on_two_models_and_resume(tiny_whisper_dir, ks_corpus, fsc_c
     md = (tmp_path / "suite" / "suite.md").read_text()
     assert "| mimic |" in md and "KS ACCURACY" in md and "n = " in md and "by validation" in md
     assert (tmp_path / "suite" / "suite.png").stat().st_size > 0
+    from PIL import Image
+
+    for task in ("ks", "ic"):  # each task's metric against size: written, framed, the frontier listed
+        with Image.open(suite["task_pngs"][task]) as im:
+            assert im.size == (726, 506)
+        points = {n: (r["params_total"], r["tasks"][task]["value"]) for n, r in suite["models"].items()}
+        smaller_better = [n for n in points if points[n][0] < points[n if n == "teacher" else "teacher"][0]]
+        assert smaller_better == ["mimic"]
+        # mimic is smaller: on the frontier always; the teacher only if it scores higher
+        expected = ["mimic"] + (["teacher"] if points["teacher"][1] > points["mimic"][1] else [])
+        assert suite["frontier"][task] == expected
+    assert "Non-dominated per task" in md
     stamp = (tmp_path / "suite" / "mimic" / "ic" / "metrics.json").stat().st_mtime_ns
     again = run_suite(cfg)  # every cell finished: nothing recomputed
     assert (tmp_path / "suite" / "mimic" / "ic" / "metrics.json").stat().st_mtime_ns == stamp

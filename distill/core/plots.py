@@ -1,10 +1,22 @@
-"""PNG figures: layer x layer heatmaps with blocks outlined, pruning curves, loss curves."""
+"""PNG figures: layer x layer heatmaps with blocks outlined, pruning curves, loss curves, size
+against accuracy with intervals and the frontier.
+
+Every figure is titled with model names (:func:`distill.core.names.model_title`), never a path,
+and fits its frame: a long title is wrapped, then shrunk; point labels that would leave the
+picture are turned inward and labels that would cover each other are moved apart. Each function
+returns its (closed) ``Figure``, so tests can read what was drawn.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from distill.core.pareto import non_dominated
+
+DPI = 110
 
 
 def _pyplot():
@@ -16,7 +28,63 @@ def _pyplot():
     return plt
 
 
-def heatmap(matrix, path: str | Path, title: str, blocks: list[tuple[int, int]] | None = None) -> None:
+def set_title(ax, title: str, fontsize: float = 11.0) -> None:
+    """``title`` wrapped to the figure's width (about 0.55 em a character)."""
+    width_pt = ax.figure.get_figwidth() * 72
+    chars = max(20, int(width_pt / (0.55 * fontsize)))
+    ax.set_title("\n".join(textwrap.wrap(title, chars)) or title, fontsize=fontsize)
+
+
+def _inside(bbox, frame, pad: float = 0.5) -> bool:
+    return bbox.x0 >= frame.x0 - pad and bbox.y0 >= frame.y0 - pad and bbox.x1 <= frame.x1 + pad \
+        and bbox.y1 <= frame.y1 + pad
+
+
+def _keep_inside(fig) -> None:
+    """Titles shrink and point labels turn inward until every text lies inside the picture."""
+    renderer = fig.canvas.get_renderer()
+    frame = fig.bbox
+    for ax in fig.axes:
+        for ann in ax.texts:  # annotations: flip to the other side of their point when they leave the frame
+            bbox = ann.get_window_extent(renderer)
+            if bbox.x1 > frame.x1 and hasattr(ann, "xyann"):
+                dx, dy = ann.xyann
+                ann.xyann = (-abs(dx), dy)
+                ann.set_horizontalalignment("right")
+            if bbox.y1 > frame.y1 and hasattr(ann, "xyann"):
+                ann.xyann = (ann.xyann[0], -abs(ann.xyann[1]) - bbox.height * 72 / fig.dpi)
+        title = ax.title
+        while title.get_text() and title.get_fontsize() > 6 and not _inside(title.get_window_extent(renderer), frame):
+            title.set_fontsize(title.get_fontsize() - 0.5)
+            fig.tight_layout()
+
+
+def _spread_labels(fig, ax) -> None:
+    """Move point labels (offset annotations) apart vertically where they would overlap."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for ann in sorted((a for a in ax.texts if hasattr(a, "xyann")), key=lambda a: a.xy[1]):
+        for _ in range(12):
+            box = ann.get_window_extent(renderer).expanded(1.0, 1.1)
+            clash = next((b for b in placed if box.overlaps(b)), None)
+            if clash is None:
+                break
+            dx, dy = ann.xyann
+            ann.xyann = (dx, dy + (clash.y1 - box.y0 + 1) * 72 / fig.dpi)
+        placed.append(ann.get_window_extent(renderer))
+
+
+def save_figure(fig, path: str | Path, dpi: int = DPI):
+    plt = _pyplot()
+    fig.tight_layout()
+    fig.canvas.draw()
+    _keep_inside(fig)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return fig
+
+
+def heatmap(matrix, path: str | Path, title: str, blocks: list[tuple[int, int]] | None = None):
     """A ``(L+1, L+1)`` similarity matrix, hidden state 0 at the top left, blocks outlined."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
@@ -32,15 +100,13 @@ def heatmap(matrix, path: str | Path, title: str, blocks: list[tuple[int, int]] 
     ax.set_yticks(list(ticks))
     ax.set_xlabel("hidden state (0 = stack input)")
     ax.set_ylabel("hidden state")
-    ax.set_title(title)
+    set_title(ax, title, 10)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
 def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, ylabel: str, title: str,
-           hline: float | None = None, logy: bool = False, integer_x: bool = True) -> None:
+           hline: float | None = None, logy: bool = False, integer_x: bool = True):
     """One line per named series ``{name: (xs, ys)}``; optional dashed reference line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -54,39 +120,58 @@ def curves(series: dict[str, tuple[list, list]], path: str | Path, xlabel: str, 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    set_title(ax, title)
     if logy:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 def pareto(points: dict[str, tuple[float, float]], path: str | Path, xlabel: str, ylabel: str, title: str,
-           reference: str | None = None, vline: float | None = None) -> None:
-    """One labelled point per model ``{name: (x, y)}``; ``reference`` (the teacher) drawn apart."""
+           reference: str | None = None, vline: float | None = None, vline_label: str | None = None,
+           intervals: dict[str, tuple[float, float] | None] | None = None, higher_is_better: bool = True):
+    """One labelled point per model ``{name: (size, score)}``, each with its 95 % interval
+    ``intervals[name] = (low, high)`` as an error bar when given, and the frontier of non-dominated
+    models (:func:`distill.core.pareto.non_dominated`) as a step line; ``reference`` (the teacher)
+    drawn as a star; ``vline`` a dashed size mark (e.g. a third of the teacher)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, (x, y) in points.items():
+    fig, ax = plt.subplots(figsize=(6.6, 4.6))
+    intervals = intervals or {}
+    front = non_dominated(points, higher_is_better)
+    if len(front) > 1:
+        fx, fy = zip(*(points[n] for n in front))
+        ax.step(fx, fy, where="post", color="tab:green", alpha=0.6, linewidth=1.5, zorder=1,
+                label=f"frontier: {len(front)} non-dominated")
+    for k, (name, (x, y)) in enumerate(points.items()):
         is_ref = name == reference
-        ax.scatter([x], [y], s=70 if is_ref else 40, marker="*" if is_ref else "o",
-                   color="black" if is_ref else None, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        color = "black" if is_ref else f"C{k % 10}"
+        ci = intervals.get(name)
+        if ci is not None:
+            lo, hi = ci
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="*" if is_ref else "o",
+                        markersize=10 if is_ref else 6, color=color, ecolor=color, elinewidth=1, capsize=3, zorder=3)
+        else:
+            ax.plot([x], [y], "*" if is_ref else "o", markersize=10 if is_ref else 6, color=color, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8,
+                    fontweight="bold" if name in front else "normal").set_in_layout(False)  # kept inside below
     if vline is not None:
-        ax.axvline(vline, color="grey", linestyle="--", linewidth=1)
+        ax.axvline(vline, color="grey", linestyle="--", linewidth=1, label=vline_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    set_title(ax, title)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.08)
+    if len(front) > 1 or vline_label:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.canvas.draw()
+    _spread_labels(fig, ax)
+    return save_figure(fig, path)
 
 
 def depth_curve(depths: list[int], series: dict[str, list[float]], seconds: list[float], path: str | Path,
-                title: str) -> None:
+                title: str):
     """Accuracy series (left axis) and CPU time (right axis) against inference depth."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -103,14 +188,12 @@ def depth_curve(depths: list[int], series: dict[str, list[float]], seconds: list
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8)
-    ax.set_title(title)
+    set_title(ax, title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path)
 
 
-def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: str, title: str) -> None:
+def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: str, title: str):
     """One group of bars per name ``{name: {series: value}}`` (e.g. real against synthetic), values printed."""
     plt = _pyplot()
     names = list(groups)
@@ -124,10 +207,8 @@ def grouped_bars(groups: dict[str, dict[str, float]], path: str | Path, ylabel: 
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9, wrap=True)
+    set_title(ax, title, 9)
     ax.grid(alpha=0.3, axis="y")
     ax.margins(y=0.12)  # room for the printed values
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_figure(fig, path)

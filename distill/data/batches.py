@@ -23,10 +23,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from distill.core.protocol import TeacherTargets, pad_waveforms
 from distill.data.audio import SAMPLE_RATE, AudioError
 from distill.data.cache import FEATURES, TargetCache
-from distill.core.protocol import TeacherTargets, pad_waveforms
-from distill.data.corpus import AudioDataset, AudioItem, LengthBucketBatchSampler, SkipRecord, collate_audio, load_segments
+from distill.data.corpus import (
+    AudioDataset,
+    AudioItem,
+    LengthBucketBatchSampler,
+    SkipRecord,
+    collate_audio,
+    load_segments,
+)
 
 
 @dataclass

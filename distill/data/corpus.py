@@ -20,8 +20,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from distill.data.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
 from distill.core.protocol import pad_waveforms
+from distill.data.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, audio_info, load_audio
 
 log = logging.getLogger(__name__)
 

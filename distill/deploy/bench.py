@@ -98,18 +98,17 @@ def macs_per_audio_second(model: torch.nn.Module, seconds: float = 1.0, frontend
 
 
 def model_names(specs: list[str], names: list[str] | None = None) -> list[str]:
-    """Distinct, readable names for model specs: a folder's name (its parent's for ``best``/``last``/
-    ``model``), a hub id as given, ``-2``, ``-3`` ... on clashes."""
+    """Distinct, readable names for model specs (:func:`distill.core.names.readable_name`), ``-2``,
+    ``-3`` ... on clashes."""
     if names:
         if len(names) != len(specs) or len(set(names)) != len(names):
             raise ValueError(f"need {len(specs)} distinct names, got {names}")
         return list(names)
-    from pathlib import Path
+    from distill.core.names import readable_name
 
     out: list[str] = []
     for spec in specs:
-        p = Path(spec)
-        base = (p.parent.name if p.name in ("best", "last", "model") else p.name) if p.exists() else spec
+        base = readable_name(spec)
         name, k = base, 2
         while name in out:
             name, k = f"{base}-{k}", k + 1

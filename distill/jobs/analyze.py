@@ -16,6 +16,7 @@ from distill.analysis.blocks import boundary_targets, find_blocks
 from distill.analysis.similarity import MEASURES, SimilaritySettings, check_similarity_settings, similarity_matrices
 from distill.core.config import save_config, to_dict
 from distill.core.fsutil import claim_run_folder, write_json_atomic
+from distill.core.names import model_title
 from distill.core.plots import heatmap
 from distill.data.corpus import SkipTally, analysis_batches
 from distill.models.teacher import OFFLINE_DEFAULT, check_teacher_spec, load_teacher
@@ -96,7 +97,7 @@ def run_analysis(cfg: AnalyzeConfig) -> dict:
     mats, counts = similarity_matrices(model, loader, cfg.similarity, skips=skips)
     blocks = {m: find_blocks(mat, cfg.n_blocks or None) for m, mat in mats.items()}
     for m, mat in mats.items():
-        heatmap(mat, out / f"heatmap_{m}.png", f"{m.replace('_', ' ')}: {model.name}", blocks[m].blocks)
+        heatmap(mat, out / f"heatmap_{m}.png", f"{m.replace('_', ' ')}: {model_title(model)}", blocks[m].blocks)
     chosen = blocks[cfg.block_measure]
     result = {
         "model": model.name, "num_layers": model.num_layers, "settings": to_dict(cfg.similarity),

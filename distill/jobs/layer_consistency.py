@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from distill.core.fsutil import write_json_atomic
+from distill.core.names import model_title
 from distill.core.plots import depth_curve
 from distill.core.protocol import SAMPLE_RATE
 from distill.data.corpus import analysis_batches
@@ -134,7 +135,7 @@ def measure_layer_consistency(student, teacher, out: Path, cfg: LayerConsistency
     if len(acc) == len(depths):
         series["KS test accuracy (s3prl)"] = [acc[d] for d in depths]
     depth_curve(depths, series, [speed[f"depth {d}"] for d in depths], out / "depth_curve.png",
-                f"{student.name}: one shared model at every depth")
+                f"{model_title(student)}: one shared model at every depth")
     result["seconds"] = time.time() - t0
     write_json_atomic(out / "layer_consistency.json", result)
     return result

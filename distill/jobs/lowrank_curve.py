@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from distill.core.fsutil import write_json_atomic
+from distill.core.names import model_title
 from distill.core.plots import curves
 from distill.deploy.bench import seconds_per_audio_second
 from students.base import BuildContext
@@ -87,10 +88,10 @@ def run_lowrank_curve(cfg: LowRankCurveConfig, teacher, calibration: list[str], 
         for ordering, values in layer_curve.items():
             series[f"layers removed ({ordering}), probe"] = (layer_fractions, values)
     curves(series, out / "curve.png", "fraction of the teacher's parameters kept (no retraining)", "KS accuracy",
-           f"low-rank factorisation vs layer pruning: {teacher.name}", integer_x=False)
+           f"low-rank factorisation vs layer pruning: {model_title(teacher)}", integer_x=False)
     curves({"low-rank": (xs, [teacher_scores["cpu"]] + [p["cpu_seconds_per_audio_second"] for p in points])},
            out / "time.png", "fraction of the teacher's parameters kept", "CPU seconds per audio second",
-           f"low-rank factorisation: {teacher.name}", integer_x=False)
+           f"low-rank factorisation: {model_title(teacher)}", integer_x=False)
     result = {"teacher_name": teacher.name, "teacher_params_total": total, "teacher": teacher_scores, "points": points,
               "layer_pruning": None if layer_curve is None else {"fractions": layer_fractions, "probe": layer_curve},
               "calibration": calibration, "curve_png": str(out / "curve.png"), "time_png": str(out / "time.png")}

@@ -33,6 +33,8 @@ import torch
 
 from distill.core.config import save_config
 from distill.core.fsutil import claim_run_folder, write_json_atomic, write_text_atomic
+from distill.core.names import readable_name
+from distill.core.pareto import non_dominated
 from distill.core.plots import pareto
 from distill.core.provenance import environment
 from distill.data.cache import CacheConfig
@@ -349,10 +351,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         entry["paper_retention_pct"] = None if row is None or name == "teacher" else row["paper_retention_pct"]
         if row is not None:
             entry["paper_test"] = row["test"]
-    pareto({n: (e["params_total"] / 1e6, 100 * e["ks_test_accuracy"]) for n, e in entries.items()},
-           out / "pareto.png", "parameters, total (millions)", "KS test accuracy (%)",
-           f"KS accuracy against size: students of {cfg.teacher}", reference="teacher",
-           vline=t_info.params_total / 3e6)
+    sizes = {n: (e["params_total"] / 1e6, 100 * e["ks_test_accuracy"]) for n, e in entries.items()}
+    pareto(sizes, out / "pareto.png", "parameters, total (millions)", "KS test accuracy (%), 95 % interval",
+           f"KS accuracy against size: students of {readable_name(cfg.teacher)}", reference="teacher",
+           vline=t_info.params_total / 3e6, vline_label="a third of the teacher",
+           intervals={n: tuple(100 * v for v in e["ks_test_ci95"]) if e.get("ks_test_ci95") else None
+                      for n, e in entries.items()})
     small = {n: e for n, e in entries.items() if n != "teacher" and e["params_fraction_of_teacher"] <= 1 / 3}
     best_small = max(small, key=lambda n: small[n]["ks_test_accuracy"]) if small else None
     report = {
@@ -364,6 +368,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             "retention_pct": small[best_small]["retention_pct"], "goal_retention_pct": 95.0,
             "met": (small[best_small]["retention_pct"] or 0.0) >= 95.0},
         "pareto_png": str(out / "pareto.png"),
+        "pareto_frontier": non_dominated(sizes),  # smallest first: no model is smaller and more accurate
         "lowrank_curve": lowrank,
         "layer_consistency": lc,
         "paper": paper,

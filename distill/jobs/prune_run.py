@@ -26,6 +26,7 @@ from distill.analysis.prune import ORDERINGS, block_influence, knn_block_influen
 from distill.analysis.similarity import SimilaritySettings, check_similarity_settings, similarity_matrices
 from distill.core.config import save_config, to_dict
 from distill.core.fsutil import claim_run_folder, write_json_atomic
+from distill.core.names import model_title
 from distill.core.plots import curves
 from distill.data.corpus import SkipTally, analysis_batches
 from distill.jobs.analyze import check_audio_run, utterances_source
@@ -247,7 +248,7 @@ def run_prune(cfg: PruneConfig, matrices: dict | None = None) -> dict:
     write_json_atomic(out / "curve.json", {"metric": metric_name, "higher_is_better": higher,
                                            "num_layers": num_layers, "full_model": full, "orderings": curve})
     curves({n: (c["removed"], c["metric"]) for n, c in curve.items()}, out / "curve.png",
-           "layers removed (no retraining)", metric_name, f"pruning {teacher.name}", hline=full)
+           "layers removed (no retraining)", metric_name, f"pruning {model_title(teacher)}", hline=full)
 
     # CoMFLP: coarse search on the correlation matrix, fine search by the task metric
     n_remove = cfg.comflp.n_remove or max(1, num_layers // 2)

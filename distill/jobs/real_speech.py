@@ -29,6 +29,7 @@ from distill.analysis.reconstruction import reconstruction
 from distill.analysis.similarity import SimilaritySettings, check_similarity_settings, similarity_matrices
 from distill.core.config import to_dict
 from distill.core.fsutil import write_json_atomic
+from distill.core.names import model_title
 from distill.core.plots import grouped_bars, heatmap
 from distill.core.text import normalise_words, word_error_rate, word_errors
 from distill.data.audio import load_audio
@@ -93,7 +94,7 @@ def compare_blocks(teacher, loaders: dict, cfg: RealSpeechConfig, out: Path) -> 
         mats, counts = similarity_matrices(teacher, loader, cfg.similarity, skips=skips)
         blocks = find_blocks(mats[cfg.block_measure])
         heatmap(mats[cfg.block_measure], out / f"heatmap_{kind}.png",
-                f"{cfg.block_measure.replace('_', ' ')}, {kind} speech: {teacher.name}", blocks.blocks)
+                f"{cfg.block_measure.replace('_', ' ')}, {kind} speech: {model_title(teacher)}", blocks.blocks)
         found[kind] = {"matrix": mats[cfg.block_measure].tolist(), "blocks": blocks.to_dict(), "counts": counts,
                        "mimic_targets": boundary_targets(blocks, teacher.num_layers)}
     a, b = (np.asarray(found[k]["matrix"]) for k in ("real", "synthetic"))
@@ -143,7 +144,7 @@ def run_real_speech_checks(teacher, students: dict, wer_rows: list[dict], real: 
     if recon:
         grouped_bars({name: {"real": r["real"]["all"]["cosine"], "synthetic": r["synthetic"]["all"]["cosine"]}
                       for name, r in recon.items()}, out / "reconstruction.png", "mean cosine to the teacher",
-                     f"Students of {teacher.name}: reconstruction on held-out real and synthetic speech")
+                     f"Students of {model_title(teacher)}: reconstruction on held-out real and synthetic speech")
     result = {"teacher": teacher.name, "settings": to_dict(replace(cfg)), "real_data": real,
               "synthetic_data": synthetic, "teacher_wer": wer, "blocks": blocks, "reconstruction": recon,
               "seconds": time.time() - t0}

@@ -223,7 +223,10 @@ def render_report(r: dict) -> str:
                   f"{'met' if b['met'] else 'not met'}).", ""]
     else:
         lines += ["No student has at most a third of the teacher's parameters.", ""]
-    lines += ["![KS accuracy against parameters](pareto.png)", ""]
+    if r.get("pareto_frontier"):
+        lines += ["Non-dominated (no other model is smaller and more accurate on KS), smallest first: "
+                  + ", ".join(f"`{n}`" for n in r["pareto_frontier"]) + ".", ""]
+    lines += ["![KS accuracy against parameters, 95 % intervals, the frontier](pareto.png)", ""]
     lines += _protocols_table(r)
     if r.get("paper"):
         from distill.jobs.paper import render_paper

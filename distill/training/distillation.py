@@ -29,6 +29,7 @@ import torch
 
 from distill.core.config import load_config, save_config
 from distill.core.fsutil import claim_run_folder, write_json_atomic
+from distill.core.names import readable_name
 from distill.data.audio import SAMPLE_RATE
 from distill.data.batches import Batch, BatchPlan, CachedSource, OnlineSource
 from distill.data.cache import CacheConfig, CacheSpec, prepare_cache
@@ -202,6 +203,10 @@ class DistillObjective:
 
     def save(self, folder: Path) -> None:
         self.student.save_pretrained(folder, safe_serialization=True)
+
+    @property
+    def title(self) -> str:
+        return f"{self.student.kind} student of {readable_name(self.teacher.name)}"
 
     def summary(self) -> dict:
         return {"target_layers": list(self.student.config.target_layers), "loss": self.loss_kind,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from distill.core.config import save_config
 from distill.core.fsutil import write_json_atomic
+from distill.core.names import model_title
 from distill.core.protocol import masked_mean
 from distill.core.stats import accuracy_record
 from distill.data.audio import SAMPLE_RATE
@@ -90,6 +91,10 @@ class ClassifyObjective:
 
     def summary(self) -> dict:
         return {"labels": self.labels, "model": self.model.info.to_dict(), "trained": self.trained}
+
+    @property
+    def title(self) -> str:
+        return f"{self.trained} of {model_title(self.model)}"
 
     @property
     def trained(self) -> str:

@@ -103,6 +103,9 @@ class Objective(Protocol):
 
     def summary(self) -> dict: ...
 
+    @property
+    def title(self) -> str: ...  # what is trained, for plot titles (names, never paths)
+
 
 @dataclass
 class Run:
@@ -486,7 +489,7 @@ def _finish(run: Run, state: TrainerState, start_step: int, elapsed: float, seen
     }
     if run.main:
         write_json_atomic(run.out / "summary.json", summary)
-        _plot_losses(run.out / "metrics.jsonl", run.out / "loss.png")
+        _plot_losses(run.out / "metrics.jsonl", run.out / "loss.png", f"{run.out.name}: {run.objective.title}")
     # release the DDP wrapper on every rank *before* end_training destroys the process group: a
     # reducer freed after that tears gloo down while the other rank may have exited, and hangs
     acc.wait_for_everyone()
@@ -522,14 +525,14 @@ def _drop_rows_after(metrics: Path, step: int, main: bool) -> None:
         write_text_atomic(metrics, "".join(line + "\n" for line in keep))
 
 
-def _plot_losses(metrics_path: Path, out_png: Path) -> None:
+def _plot_losses(metrics_path: Path, out_png: Path, title: str) -> None:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     series = {}
     for key, label in (("train_loss", "train"), ("valid_loss", "validation")):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
             series[label] = tuple(map(list, zip(*points)))
-    curves(series, out_png, "step", "loss", out_png.parent.name, logy=True)
+    curves(series, out_png, "step", "loss", title, logy=True)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -2,7 +2,8 @@
 
 ``stackdistill evaluate --suite ks,sid,ic,pr,asr --models TEACHER,A,B`` runs the grid (the first
 model is the reference for retention), one s3prl run a cell, and writes ``suite.json``,
-``suite.md`` and ``suite.png``: a row a model, a column a task, with params, MACs per second of
+``suite.md``, ``suite.png`` (retention per task) and ``suite_<task>.png`` (each task's metric against
+size, 95 % intervals, the frontier of non-dominated models): a row a model, a column a task, with params, MACs per second of
 audio, each figure's test-set size and 95 % interval, and each model's retention of the
 reference per task (accuracy ratio; error-rate ratio reference / model). A finished cell (its
 ``metrics.json`` written with the same settings) is never recomputed, so a killed suite resumes.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from distill.core.fsutil import write_json_atomic, write_text_atomic
+from distill.core.pareto import non_dominated
+from distill.core.plots import pareto, save_figure, set_title
 from distill.deploy.bench import macs_per_audio_second, model_names
 from tasks.superb.evaluate import EvaluateConfig
 from tasks.superb.protocol import retention_pct
@@ -126,11 +129,34 @@ def run_suite(cfg: SuiteConfig) -> dict:
                 "steps": m["steps"], "seconds": m["seconds"], "lr": m.get("lr"),
                 "lr_selection": m.get("lr_selection"), "seed_runs": m.get("seed_runs")}
     suite = {"reference": reference, "tasks": cfg.tasks, "models": rows,
-             "data": roots, "table_md": str(out / "suite.md"), "table_png": str(out / "suite.png")}
+             "data": roots, "table_md": str(out / "suite.md"), "table_png": str(out / "suite.png"),
+             "task_pngs": {t: str(out / f"suite_{t}.png") for t in cfg.tasks},
+             "frontier": {t: non_dominated(_task_points(rows, t), rows[reference]["tasks"][t]["higher_is_better"])
+                          for t in cfg.tasks}}
     write_json_atomic(out / "suite.json", suite)
     write_text_atomic(out / "suite.md", render_suite(suite))
     plot_suite(suite, out / "suite.png")
+    for t in cfg.tasks:
+        plot_task(suite, t, out / f"suite_{t}.png")
     return suite
+
+
+def _task_points(rows: dict, task: str) -> dict[str, tuple[float, float]]:
+    """``{model: (params in millions, metric in %)}`` for one task."""
+    return {n: (row["params_total"] / 1e6, 100 * row["tasks"][task]["value"]) for n, row in rows.items()}
+
+
+def plot_task(suite: dict, task: str, path: Path):
+    """One task's metric against size: each model's 95 % interval, the frontier of non-dominated models."""
+    rows = suite["models"]
+    first = rows[suite["reference"]]["tasks"][task]
+    better = "higher" if first["higher_is_better"] else "lower"
+    return pareto(_task_points(rows, task), path, "parameters, total (millions)",
+                  f"{task.upper()} {first['metric'].upper()} (%, {better} is better), 95 % interval",
+                  f"SUPERB {task.upper()} against size (reference {suite['reference']})", reference=suite["reference"],
+                  intervals={n: tuple(100 * v for v in row["tasks"][task]["ci95"]) if row["tasks"][task].get("ci95")
+                             else None for n, row in rows.items()},
+                  higher_is_better=first["higher_is_better"])
 
 
 def _fmt(cell: dict) -> str:
@@ -164,6 +190,9 @@ def render_suite(suite: dict) -> str:
     for name, row in suite["models"].items():
         cells = " | ".join(_fmt(row["tasks"][t]) for t in tasks)
         lines.append(f"| {name} | {row['params_total'] / 1e6:.2f} M | {_si(row['macs_per_audio_second'])} | {cells} |")
+    if suite.get("frontier"):
+        lines += ["", "Non-dominated per task (no other model is smaller and better), smallest first: " + "; ".join(
+            f"{t.upper()}: " + ", ".join(suite["frontier"][t]) for t in tasks) + "."]
     lines += ["", f"Retention of {suite['reference']} (accuracy ratio; error-rate ratio reference / model):", "",
               "| model | " + " | ".join(t.upper() for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for name, row in suite["models"].items():
@@ -174,7 +203,7 @@ def render_suite(suite: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_suite(suite: dict, path: Path) -> None:
+def plot_suite(suite: dict, path: Path):
     """Grouped bars: each model's retention of the reference per task."""
     import matplotlib
 
@@ -192,12 +221,10 @@ def plot_suite(suite: dict, path: Path) -> None:
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.set_xticks([k + width * (len(others) - 1) / 2 for k in range(len(tasks))], [t.upper() for t in tasks])
     ax.set_ylabel(f"% of {suite['reference']} (capped at 200)")
-    ax.set_title("SUPERB retention per task")
+    set_title(ax, f"SUPERB: retention of {suite['reference']} per task", 10)
     if others:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path, dpi=120)
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
