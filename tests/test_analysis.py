@@ -24,6 +24,8 @@ from distill.analysis.similarity import (
 from distill.core.config import load_config
 from distill.jobs.analyze import AnalyzeConfig, run_analysis
 
+from . import references
+
 
 def _block_matrix(sizes, inside=0.9, outside=0.2):
     n = sum(sizes)
@@ -96,13 +98,48 @@ def test_minibatch_mode_averages_batches_and_stays_bounded():
     np.testing.assert_allclose(acc.result()["linear_cka"], expected)
 
 
-@pytest.mark.parametrize("granularity,width", [("frames", 6), ("crops", 8 * 6)])
-def test_frame_and_crop_granularities(granularity, width):
-    states, lengths = _fake_states()
-    settings = SimilaritySettings(granularity=granularity, frames_per_utterance=3, crop_frames=8)
+def _traceable_states(n_utts=12, frames=20, layers=3, seed=0):
+    """States whose every frame says where it came from: ``[utterance, frame, layer, noise...]``."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, frames + 1, (n_utts,), generator=g)
+    states = []
+    for layer in range(layers + 1):
+        s = torch.randn(n_utts, frames, 5, generator=g)
+        s[:, :, 0] = torch.arange(n_utts)[:, None]
+        s[:, :, 1] = torch.arange(frames)[None, :]
+        s[:, :, 2] = layer
+        states.append(s)
+    return states, lengths
+
+
+def test_frame_granularity_samples_valid_frames_the_same_in_every_layer():
+    states, lengths = _traceable_states()
+    settings = SimilaritySettings(granularity="frames", frames_per_utterance=3)
     samples = layer_samples(states, lengths, settings, random.Random(0))
-    n = int(lengths.clamp(max=3).sum()) if granularity == "frames" else 40
-    assert samples[0].shape == (n, width)
+    picked = [(int(b), int(t)) for b, t in samples[0][:, :2].tolist()]
+    for layer, x in enumerate(samples):
+        assert [(int(b), int(t)) for b, t in x[:, :2].tolist()] == picked  # the same frames from every layer
+        assert (x[:, 2] == layer).all()
+        for row, (b, t) in zip(x, picked):  # each row is that frame of that layer, untouched
+            torch.testing.assert_close(row, states[layer][b, t])
+    for b, n in enumerate(lengths.tolist()):
+        frames = [t for u, t in picked if u == b]
+        assert len(frames) == min(n, 3) == len(set(frames))  # distinct frames ...
+        assert all(0 <= t < n for t in frames)  # ... all within the utterance's length
+    assert len({t for _, t in picked}) > 3  # drawn at random, not always the first ones
+
+
+def test_crop_granularity_takes_contiguous_frames_from_the_start_zero_past_the_length():
+    states, lengths = _traceable_states()
+    c = 8
+    samples = layer_samples(states, lengths, SimilaritySettings(granularity="crops", crop_frames=c), random.Random(0))
+    for layer, x in enumerate(samples):
+        assert x.shape == (12, c * 5)
+        for b, n in enumerate(lengths.tolist()):
+            crop = x[b].reshape(c, 5)
+            kept = min(n, c)
+            torch.testing.assert_close(crop[:kept], states[layer][b, :kept])  # frames 0, 1, ... in order
+            assert (crop[kept:] == 0).all()  # nothing from beyond the utterance
 
 
 def test_crop_matrices_equal_the_public_measures_on_crops_built_by_hand():
@@ -139,18 +176,37 @@ def test_whole_mode_reservoir_keeps_the_cap():
 
 
 def test_analyze_on_a_teacher(tiny_whisper_dir, sentences_corpus, tmp_path):
+    from distill.data.corpus import analysis_batches
+    from distill.models.teacher import load_teacher
+
     cfg = load_config(AnalyzeConfig, None, {"teacher": str(tiny_whisper_dir), "data": [str(sentences_corpus)],
-                                            "out": str(tmp_path), "similarity.batch_size": 8,
-                                            "similarity.max_batches": 2, "similarity.knn_k": 3,
-                                            "crop_seconds": 1.0, "batch_seconds": 8.0})
+                                            "out": str(tmp_path), "similarity.mode": "whole", "similarity.knn_k": 3,
+                                            "crop_seconds": 1.0, "batch_seconds": 8.0, "n_blocks": 2})
     result = run_analysis(cfg)
     saved = json.loads((tmp_path / "similarity.json").read_text())
-    assert saved["counts"]["minibatches"] == 2 and saved["counts"]["samples"] == 16
-    assert saved["counts"]["utterances"] >= 16 and saved["counts"]["frames"] > 0
+    n = saved["counts"]["utterances"]
+    assert n == saved["counts"]["samples"] == 16 and saved["counts"]["frames"] > 0  # every utterance of the corpus
+    # the saved matrices are the measures on the teacher's own states for the same audio
+    loader, _ = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
+    means = references.utterance_means(load_teacher(str(tiny_whisper_dir)), loader)
+    assert len(means) == 4 and means[0].shape[0] == n
+    for a in range(4):
+        for b in range(4):
+            cka, cos = references.linear_cka(means[a], means[b]), references.mean_cosine(means[a], means[b])
+            assert saved["matrices"]["linear_cka"][a][b] == pytest.approx(cka, abs=1e-5)
+            assert saved["matrices"]["cosine"][a][b] == pytest.approx(cos, abs=1e-5)
     for m in ("cosine", "linear_cka", "mutual_knn", "distance_correlation"):
-        assert np.array(saved["matrices"][m]).shape == (4, 4)
+        mat = np.array(saved["matrices"][m])
+        assert mat.shape == (4, 4) and np.allclose(mat, mat.T) and np.allclose(np.diag(mat), 1.0)
         assert (tmp_path / f"heatmap_{m}.png").stat().st_size > 1000
-    assert result["mimic_targets"][-1] == 3
+    # the blocks and the students' targets come from the saved CKA matrix: 2 blocks, split where the
+    # within-block similarity above the matrix's off-diagonal mean is largest (every split tried here)
+    cka = np.array(saved["matrices"]["linear_cka"])
+    off = ~np.eye(4, dtype=bool)
+    centred = np.where(off, cka - cka[off].mean(), 0.0)
+    best = max(range(1, 4), key=lambda k: centred[:k, :k].sum() + centred[k:, k:].sum())
+    assert saved["blocks"]["linear_cka"]["blocks"] == [[0, best - 1], [best, 3]]
+    assert result["mimic_targets"] == ([best - 1, 3] if best > 1 else [3])
 
 
 def test_similarity_matrices_on_a_model_stream(tiny_whisper_dir):
@@ -162,7 +218,14 @@ def test_similarity_matrices_on_a_model_stream(tiny_whisper_dir):
                for _ in range(3)]
     mats, counts = similarity_matrices(teacher, batches, SimilaritySettings(mode="whole", knn_k=3), progress=False)
     assert counts["utterances"] == 12 and counts["samples"] == 12
-    assert mats["cosine"].shape == (4, 4)
+    means = references.utterance_means(teacher, batches)
+    for a in range(4):
+        for b in range(4):
+            assert mats["linear_cka"][a, b] == pytest.approx(references.linear_cka(means[a], means[b]), abs=1e-5)
+            assert mats["cosine"][a, b] == pytest.approx(references.mean_cosine(means[a], means[b]), abs=1e-5)
+    for m in mats.values():
+        assert m.shape == (4, 4) and np.allclose(m, m.T) and np.allclose(np.diag(m), 1.0)
+    assert mats["linear_cka"].min() < 0.9999  # the layers do differ: the checks above are not all ones
 
 
 def test_l2_normalised_samples_have_unit_rows():

@@ -22,6 +22,7 @@ from distill.models.teacher import load_teacher
 from students.registry import StudentSpec, build_student
 from students.shared import SharedOptions
 
+from . import references
 from .conftest import save_tiny_model
 
 PRELUDE = """
@@ -205,11 +206,23 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
     conf["prepare_data"] = {"gsc1": str(train), "gsc1_test": str(test)}
     conf["build_upstream"] = {"name": "hf_hubert_custom", "path_or_url": str(out)}
     conf["train"].update(total_steps=4, log_step=2, eval_step=2, save_step=2, auto_resume=False)
+    built = []  # the upstream s3prl's own recipe builds (recorded, not replaced)
+    problem.build_upstream = lambda cfg: built.append(SuperbKS.build_upstream(problem, cfg)) or built[-1]
     problem.run(**conf, num_workers=0, device="cpu")
     import yaml
+    from safetensors.torch import load_file
 
+    assert built, "s3prl built no upstream"
+    exported = load_file(str(out / "model.safetensors"))
+    inner = {k: v for k, v in built[0].upstream.model.state_dict().items()}
+    assert set(exported) <= set(inner) and len(exported) > 10
+    for name, tensor in exported.items():  # s3prl's upstream holds exactly the exported student's weights
+        torch.testing.assert_close(inner[name].cpu(), tensor, rtol=0, atol=0)
     result = yaml.safe_load((tmp_path / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text())
-    assert 0.0 <= float(result["accuracy"]) <= 1.0
+    test_rows = (tmp_path / "s3prl" / "test.csv").read_text().splitlines()[1:]
+    n = len(list(test.rglob("*.wav")))
+    assert len(test_rows) == n  # s3prl scored every file of the test root
+    references.count_of(float(result["accuracy"]), n)  # a whole number right out of that n
 
 
 FIXTURE = Path(__file__).parent / "fixtures" / "export_before_move_mimic"

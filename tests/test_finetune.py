@@ -19,17 +19,16 @@ from distill.training.finetune import classifier_accuracy
 from distill.training.loop import TrainConfig
 from tasks.corpora.labelled import load_labelled
 
+from . import references
 from .conftest import save_tiny_model
 
 
-def test_wilson_interval_matches_known_values():
-    low, high = wilson(87, 100)  # by hand: centre 0.8563, half-width 0.0661
-    assert low == pytest.approx(0.7902, abs=1e-4) and high == pytest.approx(0.9224, abs=1e-4)
-    low, high = wilson(172, 198)  # the README's teacher: 86.87 % [81.5, 90.9]
-    assert (round(100 * low, 1), round(100 * high, 1)) == (81.5, 90.9)
-    assert wilson(0, 20)[0] == 0.0 and 0.15 < wilson(0, 20)[1] < 0.17
-    r = accuracy_record(554, 1108)
-    assert r["accuracy"] == 0.5 and r["n"] == 1108 and r["ci95"][1] - 0.5 < 0.03  # +-3 points at n = 1108
+@pytest.mark.parametrize("correct,n", [(87, 100), (172, 198), (0, 20), (20, 20), (554, 1108), (1, 3), (830, 1108)])
+def test_wilson_interval_matches_scipy(correct, n):
+    assert wilson(correct, n) == pytest.approx(references.wilson95(correct, n), abs=1e-12)
+    r = accuracy_record(correct, n)
+    assert r["accuracy"] == correct / n and (r["correct"], r["n"]) == (correct, n)
+    assert r["ci95"] == pytest.approx(references.wilson95(correct, n), abs=1e-12)
 
 
 def test_speech_commands_reader_follows_s3prl_split(ks_corpus):
@@ -156,7 +155,16 @@ def test_scoring_from_stored_frontend_output_equals_running_the_model(ks_corpus,
     test_set = FrontendTestSet(teacher, corpus.test, 4.0)
     for model in (teacher, prune(teacher, [2])):
         assert test_set.shares_frontend(model)
-        assert test_set.accuracy(model) == classifier_accuracy(model, corpus.test, 4.0)
+        stored = test_set.logits(model)
+        assert sorted(stored) == list(range(len(corpus.test)))  # every test utterance, once
+        for i in range(0, len(corpus.test), 3):  # the reference: the whole model on the utterance alone
+            wav = torch.as_tensor(sf.read(corpus.test[i].path, dtype="float32")[0])[None, : 4 * 16000]
+            feats, states, frame_lengths = model.features_and_states(wav, torch.tensor([wav.shape[1]]))
+            torch.testing.assert_close(stored[i], model.head(states[-1], frame_lengths)[0], atol=1e-4, rtol=1e-4)
+        record = test_set.accuracy(model)
+        right = sum(int(stored[i].argmax()) == corpus.labels.index(item.label) for i, item in enumerate(corpus.test))
+        assert (record["correct"], record["n"]) == (right, len(corpus.test))
+        assert record == classifier_accuracy(model, corpus.test, 4.0)
     from distill.jobs.paper_checks import stage1_check
 
     itself = stage1_check(teacher, teacher, test_set)  # the teacher as its own student: by hand = scorer
@@ -164,7 +172,9 @@ def test_scoring_from_stored_frontend_output_equals_running_the_model(ks_corpus,
     assert itself["accuracy"] == test_set.accuracy(teacher)["accuracy"] and itself["n"] == len(corpus.test)
     other = load_teacher(str(save_tiny_model("whisper", tmp_path / "other", seed=1)))
     other.head, other.labels = teacher.head, teacher.labels
-    assert not test_set.shares_frontend(other)  # another frontend: run whole
+    assert not test_set.shares_frontend(other)  # another frontend: run whole, never from the stored features
+    with pytest.raises(ValueError, match="does not share"):
+        test_set.logits(other)
     assert test_set.accuracy(other) == classifier_accuracy(other, corpus.test, 4.0)
 
 

@@ -22,6 +22,7 @@ from distill.jobs.prune_run import PruneConfig, run_prune
 from distill.models.teacher import load_teacher
 from students.registry import StudentSpec, build_student
 
+from . import references
 from .conftest import save_tiny_model
 
 
@@ -54,11 +55,24 @@ def test_distill_from_a_student_folder(student_folders, sentences_corpus, tmp_pa
 
 
 def test_analyze_a_student(student_folders, sentences_corpus, tmp_path):
-    result = run_analysis(load_config(AnalyzeConfig, None, {
+    from distill.data.corpus import analysis_batches
+
+    cfg = load_config(AnalyzeConfig, None, {
         "teacher": str(student_folders["distilhubert"]), "data": [str(sentences_corpus)], "out": str(tmp_path),
-        "similarity.batch_size": 8, "similarity.knn_k": 3, "crop_seconds": 1.0}))
-    assert result["num_layers"] == 3 and np.asarray(result["matrices"]["cosine"]).shape == (4, 4)
-    assert (tmp_path / "heatmap_linear_cka.png").is_file()
+        "similarity.mode": "whole", "similarity.knn_k": 3, "crop_seconds": 1.0})
+    result = run_analysis(cfg)
+    assert result["num_layers"] == 3 and result["counts"]["samples"] == 16
+    # the student goes through the teacher's path: its matrices are the measures on its own states
+    loader, _ = analysis_batches(cfg.data, cfg.crop_seconds, cfg.batch_seconds, cfg.max_utterances, cfg.seed)
+    means = references.utterance_means(load_teacher(str(student_folders["distilhubert"])), loader)
+    assert len(means) == 4
+    for a in range(4):
+        for b in range(4):
+            assert result["matrices"]["linear_cka"][a][b] == pytest.approx(references.linear_cka(means[a], means[b]),
+                                                                           abs=1e-5)
+            assert result["matrices"]["cosine"][a][b] == pytest.approx(references.mean_cosine(means[a], means[b]),
+                                                                       abs=1e-5)
+    assert (tmp_path / "heatmap_linear_cka.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("which", ["mimic", "distilhubert"])
@@ -78,7 +92,10 @@ def test_evaluate_a_student(student_folders, ks_corpus, tmp_path):
     assert main(["evaluate", "--task", "ks", "--model", str(student_folders["distilhubert"]), "--data",
                  str(ks_corpus), "--out", str(tmp_path), "--steps", "6", "--eval_every", "3",
                  "--batch_size", "8"]) == 0
-    assert 0.0 <= json.loads((tmp_path / "metrics.json").read_text())["test_accuracy"] <= 1.0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["test_n"] == len(list((ks_corpus / "test").rglob("*.wav")))  # every test file scored, once
+    correct = references.count_of(m["test_accuracy"], m["test_n"])  # right / n, a whole number right
+    assert m["test_ci95"] == pytest.approx(references.wilson95(correct, m["test_n"]), abs=1e-9)
 
 
 def test_analyze_counts_every_bad_file(tiny_whisper_dir, sentences_corpus, tmp_path):

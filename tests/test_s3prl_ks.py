@@ -14,6 +14,8 @@ from tasks.superb.evaluate import EvaluateConfig
 from tasks.superb.s3prl_upstream import register
 from tasks.superb.suite import evaluate
 
+from . import references
+
 
 def test_adapter_speaks_s3prl_upstream_interface(tiny_whisper_dir):
     from s3prl.nn import S3PRLUpstream
@@ -38,7 +40,13 @@ def test_short_ks_run_writes_metrics(tiny_whisper_dir, ks_corpus, tmp_path):
                                 batch_size=16))
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == m
-    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["steps"] == 20 and m["seconds"] > 0
+    assert m["steps"] == 20 and m["seconds"] > 0
+    assert m["test_n"] == len(list((ks_corpus / "test").rglob("*.wav")))  # every test file scored, once
+    correct = references.count_of(m["test_accuracy"], m["test_n"])
+    assert m["test_ci95"] == pytest.approx(references.wilson95(correct, m["test_n"]), abs=1e-9)  # scipy's
+    # the test score is s3prl's own, read from its result file, not a figure of ours
+    result = (out / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text()
+    assert f"accuracy: {m['test_accuracy']}" in result
     assert (out / "s3prl" / "train" / "valid_best").is_dir()
 
 

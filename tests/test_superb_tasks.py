@@ -13,6 +13,8 @@ from tasks.superb.protocol import MetricRecord, retention_pct
 from tasks.superb.registry import TASKS, get_task
 from tasks.superb.suite import SuiteConfig, evaluate, run_suite
 
+from . import references
+
 
 @pytest.fixture(scope="session")
 def iemocap_folder(tmp_path_factory, sentences_corpus) -> Path:
@@ -135,11 +137,25 @@ def test_short_run_of_each_task_writes_its_metric(task, tiny_whisper_dir, vox_co
     t = get_task(task)
     assert m["metric"] == t.metric and m["higher_is_better"] == t.higher_is_better and m[f"test_{t.metric}"] == m["value"]
     assert m["steps"] == 4 and m["seconds"] > 0 and m["test_n"] > 0
-    if t.higher_is_better:
-        assert 0.0 <= m["value"] <= 1.0 and 0.0 < m["chance"] <= 1.0
-        assert m["ci95"][0] <= m["value"] <= m["ci95"][1]
-    else:
-        assert m["value"] >= 0.0 and m["units"] > m["test_n"]  # tokens, not utterances
+    if t.higher_is_better:  # an accuracy: a whole number right of test_n, scipy's Wilson interval
+        assert 0.0 < m["chance"] <= 1.0
+        correct = references.count_of(m["value"], m["test_n"])
+        assert m["ci95"] == pytest.approx(references.wilson95(correct, m["test_n"]), abs=1e-9)
+    else:  # an error rate: recomputed from s3prl's saved hypotheses and references
+        import editdistance
+
+        dump = out / "s3prl" / "evaluate" / "valid_best" / "test-clean"  # s3prl names it by the split
+        hyp = dict(line.split(" ", 1) if " " in line else (line, "") for line in (dump / "hyp").read_text().splitlines())
+        ref = dict(line.split(" ", 1) for line in (dump / "ref").read_text().splitlines())
+        assert set(hyp) == set(ref) and len(ref) == m["test_n"]
+        errors = sum(editdistance.eval(hyp[u].split(), ref[u].split()) for u in ref)
+        tokens = sum(len(ref[u].split()) for u in ref)
+        assert m["units"] == tokens and m["value"] == pytest.approx(errors / tokens, abs=1e-9)
+        if task == "asr":  # the references are the test split's transcripts, word for word
+            root = get_task("asr").resolve(str(data))["root"]
+            words = sum(len(line.split()) - 1 for f in (root / "test-clean").rglob("*.trans.txt")
+                        for line in f.read_text().splitlines() if line.strip())
+            assert tokens == words
         json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     assert m["seed"] == 0 and m["batches_seen"] == 4 * m["gradient_accumulate"]
 

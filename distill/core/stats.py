@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile: a two-sided 95 % interval
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n`` (95 % for ``z = 1.96``)."""
+
+def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``correct / n`` (95 % for the default ``z``)."""
     if n <= 0:
         return 0.0, 1.0
     p = correct / n

@@ -39,7 +39,7 @@ def stage1_check(teacher, student, test_set) -> dict:
     right = n = 0
     cos_sum = ratio_sum = frames = 0.0
     predicted: Counter = Counter()
-    for feats, frame_lengths, labels in test_set.batches:
+    for feats, frame_lengths, labels, _ in test_set.batches:
         t_last = _last_state(teacher, feats, frame_lengths)
         s_last = _last_state(student, feats, frame_lengths)
         if s_last.shape != t_last.shape:

@@ -207,7 +207,8 @@ def classifier_accuracy(model, items, batch_seconds: float = 16.0) -> dict:
 
 
 def _frontend_batches(model, items, batch_seconds: float):
-    """``(features (batch, frames, dim), frame_lengths (batch,), labels)`` of ``items`` through ``model.frontend``.
+    """``(features (batch, frames, dim), frame_lengths (batch,), labels, item indices)`` of ``items`` through
+    ``model.frontend``.
 
     Each utterance on its first ``batch_seconds``; batches in a fixed order (by length).
     """
@@ -220,12 +221,12 @@ def _frontend_batches(model, items, batch_seconds: float):
             batch = collate_audio([ds[i] for i in indices])
             if batch["wav"] is not None:
                 feats, frame_lengths = model.frontend(batch["wav"].to(device), batch["lengths"].to(device))
-                yield feats, frame_lengths, batch["labels"]
+                yield feats, frame_lengths, batch["labels"], batch["indices"]
 
 
 def pooled_frontend_output(model, items, batch_seconds: float = 16.0) -> torch.Tensor:
     """Each utterance's frontend output averaged over its valid frames: ``(utterances, dim)``."""
-    pooled = [masked_mean(feats, frame_lengths) for feats, frame_lengths, _ in
+    pooled = [masked_mean(feats, frame_lengths) for feats, frame_lengths, *_ in
               _frontend_batches(model, items, batch_seconds)]
     if not pooled:
         raise ValueError("no readable utterance to compute frontend statistics from")
@@ -256,13 +257,22 @@ class FrontendTestSet:
         if not self.shares_frontend(model):
             return classifier_accuracy(model, self.items, self.batch_seconds)
         index = {label: i for i, label in enumerate(model.labels)}
+        right = n = 0
+        for item, logits in self.logits(model).items():
+            right += int(logits.argmax()) == index[self.items[item].label]
+            n += 1
+        return accuracy_record(right, n)
+
+    @torch.no_grad()
+    def logits(self, model) -> dict[int, torch.Tensor]:
+        """``{item index: logits (classes,)}`` of ``model``'s stack and head on the stored frontend output
+        (``model`` must share the frontend: :meth:`shares_frontend`)."""
+        if not self.shares_frontend(model):
+            raise ValueError(f"{getattr(model, 'name', model)} does not share the stored frontend; run it whole")
         reads_frontend = getattr(model, "head_reads", "last") == "frontend"
         scorer = StackWithHead(None, model.head) if reads_frontend else stack_with_head(model, model.head)
         scorer.eval()
-        right = n = 0
-        for feats, frame_lengths, labels in self.batches:
-            predicted = scorer(feats, frame_lengths).argmax(-1).tolist()
-            truth = [index[label] for label in labels]
-            right += sum(p == y for p, y in zip(predicted, truth))
-            n += len(truth)
-        return accuracy_record(right, n)
+        out = {}
+        for feats, frame_lengths, _labels, indices in self.batches:
+            out.update(zip(indices, scorer(feats, frame_lengths)))
+        return out
