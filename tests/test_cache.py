@@ -185,6 +185,9 @@ def _train_cfg(teacher: str, data: Path, out: Path, cache_root: Path, cache: boo
                          cache=_cfg(cache_root))
 
 
+REL_RUN = 0.05  # online against cached over 40 steps: different training crops, float16 targets
+
+
 def _losses(run: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r[key] for r in rows if key in r]
@@ -208,8 +211,13 @@ def test_cached_training_lowers_the_loss_like_online_training_without_running_th
     for run in ("online", "cached"):
         train, valid = _losses(tmp_path / run, "train_loss"), _losses(tmp_path / run, "valid_loss")
         assert train[-1] < 0.7 * train[0] and valid[-1] < valid[0], run
-    # same validation audio in both, same student start: the first validation losses agree (float16 targets)
-    assert _losses(tmp_path / "cached", "valid_loss")[-1] == pytest.approx(online["best_valid_loss"], rel=0.25)
+    # like with like: the validation losses at the same steps, on the same held-out audio (the
+    # sources differ in their training crops and float16 targets: 1.2 % apart at the first
+    # validation, 3.2 % at the last, measured 2026-12-06)
+    on, off = _losses(tmp_path / "online", "valid_loss"), _losses(tmp_path / "cached", "valid_loss")
+    assert len(on) == len(off) == 4
+    assert off[0] == pytest.approx(on[0], rel=0.02) and off == pytest.approx(on, rel=REL_RUN)
+    assert cached["best_valid_loss"] == pytest.approx(online["best_valid_loss"], rel=REL_RUN)
 
 
 def test_validation_is_the_same_audio_online_and_cached(teacher, corpus, tmp_path):
@@ -245,10 +253,31 @@ def test_validation_is_the_same_audio_online_and_cached(teacher, corpus, tmp_pat
 def test_a_student_that_trains_its_frontend_reads_audio_beside_the_cache(tiny_whisper_dir, corpus, tmp_path):
     cfg = _train_cfg(str(tiny_whisper_dir), corpus, tmp_path / "run", tmp_path / "cache", True, steps=6)
     cfg.student.train_frontend = True
-    summary = distill(cfg)
+    from distill.core.frontends import WhisperFrontend
+
+    calls = []  # every Whisper frontend forward in the run: (module, audio in, features out)
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: calls.append((m, [a.detach().clone() for a in args[:2]], out[0].detach().clone()))
+        if isinstance(m, WhisperFrontend) else None)
+    try:
+        summary = distill(cfg)
+    finally:
+        hook.remove()
     assert summary["targets"]["cache"]["slots"] == [1, 3]  # targets only: the student computes its own input
     losses = _losses(tmp_path / "run", "train_loss")
     assert len(losses) == 3 and all(np.isfinite(losses))
+    # the first training step ran the student's own frontend on the audio, and it began as the teacher's
+    teacher = load_teacher(str(tiny_whisper_dir))
+    (module, (wav, lengths), feats) = next(c for c in calls if c[0].training)
+    assert wav.dim() == 2 and wav.shape[1] > 1000  # raw audio, not cached features
+    with torch.no_grad():
+        expected, _ = teacher.frontend(wav, lengths)
+    torch.testing.assert_close(feats, expected)
+    # ... and was trained: its weights moved away from the teacher's
+    student = load_teacher(str(tmp_path / "run" / "last"))
+    moved = [name for name, p in student.frontend.state_dict().items()
+             if p.is_floating_point() and not torch.equal(p, teacher.frontend.state_dict()[name])]
+    assert any("conv" in name for name in moved), moved
 
 
 def test_cache_build_command_and_a_distill_run_find_the_same_cache(tiny_whisper_dir, corpus, tmp_path, capsys):
