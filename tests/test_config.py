@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from distill.cli import main
@@ -59,8 +61,36 @@ def test_cli_prints_defaults_and_reports_errors(capsys, tmp_path):
 def test_every_command_has_working_help(capsys):
     from distill.cli import _commands
 
-    for name in _commands():
+    commands = _commands()
+    for name, (_help, cls, _fn) in commands.items():
         with pytest.raises(SystemExit) as exit_:
             main([*name.split(), "--help"])
         assert exit_.value.code == 0
-        assert "--config" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "--config" in out
+        flags = set(re.findall(r"(--[\w.]+)", out))
+        leaves = _leaf_fields(cls())
+        assert len(leaves) >= 3, name
+        missing = sorted(f"--{leaf}" for leaf in leaves if f"--{leaf}" not in flags)
+        assert not missing, f"{name}: fields without a flag: {missing}"
+
+
+def _leaf_fields(obj, prefix: str = "") -> list[str]:
+    """Every leaf setting of a config object, dotted (``train.max_steps``), found by walking its
+    dataclass fields (and a student spec's per-kind sections), independently of the CLI code."""
+    import dataclasses
+
+    from students.registry import StudentSpec
+
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, StudentSpec):
+            out += [f"{prefix}{f.name}.{g.name}" for g in dataclasses.fields(value) if g.name != "sections"]
+            for kind, section in value.sections.items():
+                out += _leaf_fields(section, f"{prefix}{f.name}.{kind}.")
+        elif dataclasses.is_dataclass(value):
+            out += _leaf_fields(value, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out

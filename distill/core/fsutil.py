@@ -28,12 +28,27 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """``path`` holds the old text or the new, never a part, also after a crash or power loss: the new
+    text is written to a temporary file and flushed to disk (fsync) before it is renamed over
+    ``path``, and the rename is flushed too (fsync of the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | Path, data) -> None:
@@ -42,9 +57,14 @@ def write_json_atomic(path: str | Path, data) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary folder; on success it replaces ``path`` in one rename.
+    """Yield a temporary folder; on success it replaces ``path``.
 
-    On error the temporary folder is removed and any previous ``path`` is left untouched.
+    Its files are flushed to disk before the swap. A folder already at ``path`` is exchanged with
+    the new one in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so a reader finds the old
+    folder or the new one at every moment, never none; where the exchange is not supported (other
+    systems, some file systems) the old folder is moved aside first, leaving a moment of a few
+    microseconds without ``path``. On error the temporary folder is removed and any previous
+    ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +76,43 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for folder, _dirs, files in os.walk(tmp):
+        for name in files:
+            _fsync_file(os.path.join(folder, name))
+        fsync_dir(folder)
+    if path.exists() and exchange_paths(tmp, path):  # tmp now holds the old folder
+        fsync_dir(path.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def exchange_paths(a: str | Path, b: str | Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns false, having changed nothing, where the system or the file system cannot.
+    """
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def claim_run_folder(out: str | Path, overwrite: bool = False, resume: bool = False,
