@@ -119,8 +119,15 @@ def test_batches_bounded_by_total_samples_and_sharded():
     assert list(s) != batches
     r0 = LengthBucketBatchSampler(lengths, cap, seed=1, num_replicas=2, rank=0)
     r1 = LengthBucketBatchSampler(lengths, cap, seed=1, num_replicas=2, rank=1)
-    assert len(r0) == len(r1)
-    assert len(list(r0)) + len(list(r1)) >= len(batches)
+    b0, b1 = list(r0), list(r1)
+    assert len(b0) == len(b1) == len(r0)  # equal step counts on both ranks
+    # the two ranks split the epoch's batches: together every batch, no batch on both, and at most one
+    # batch repeated to even them out
+    ours = [tuple(b) for b in batches]
+    split = [tuple(b) for b in b0 + b1]
+    assert set(split) == set(ours) and len(split) - len(ours) <= 1
+    assert not set(map(tuple, b0)) & set(map(tuple, b1)) or len(split) > len(ours)
+    assert sorted(i for b in set(split) for i in b) == list(range(200))  # every utterance exactly once
     r0.start_batch = 3
     assert list(r0) == r0.rank_batches()[3:]
 

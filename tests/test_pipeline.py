@@ -135,11 +135,22 @@ def test_pipeline_writes_report_for_teacher_and_every_student(tiny_whisper_dir, 
     from distill.jobs.pipeline import compare_with_baseline
     from distill.jobs.report import render_report
 
-    base = compare_with_baseline(saved, str(run / "report.json"))
+    earlier = json.loads(json.dumps(saved))  # an earlier run: other figures, one model it did not have
+    earlier["date"], earlier["seconds"]["total"] = "2026-01-01", 1234.0
+    earlier["models"]["mimic-mlp"]["ks_test_accuracy"] = 0.125
+    earlier["models"]["mimic-mlp"]["distill"].update(steps=99, best_valid_loss=9.5)
+    del earlier["models"]["lowrank"]
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    base = compare_with_baseline(saved, str(tmp_path / "earlier.json"))
     row = base["models"]["mimic-mlp"]
-    assert row["before"] == row["after"] and row["after"]["best_valid_loss"] == saved["models"]["mimic-mlp"][
-        "distill"]["best_valid_loss"]
-    assert "Against the earlier run" in render_report({**saved, "baseline": base})
+    assert row["before"]["ks_test_accuracy"] == 0.125 and row["before"]["steps"] == 99
+    assert row["before"]["best_valid_loss"] == 9.5 and row["after"]["steps"] == 6
+    assert row["after"]["ks_test_accuracy"] == saved["models"]["mimic-mlp"]["ks_test_accuracy"]
+    assert row["after"]["best_valid_loss"] == saved["models"]["mimic-mlp"]["distill"]["best_valid_loss"]
+    assert "lowrank" not in base["models"] and base["date"] == "2026-01-01"
+    assert base["seconds_total"] == {"before": 1234.0, "after": saved["seconds"]["total"]}
+    text = render_report({**saved, "baseline": base})
+    assert "Against the earlier run" in text and "| mimic-mlp | 99 -> 6 | 9.5000 -> " in text and "12.50 % -> " in text
     # both protocols per model, every accuracy with its test-set size and 95 % interval
     n_test = teacher["ks_test_n"]
     assert n_test == len(list((ks_corpus / "test").rglob("*.wav")))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from distill.training.distillation import DistillConfig, TrainConfig, distill
 from students.mimic import MimicOptions
@@ -39,9 +40,31 @@ def test_short_run_reduces_loss_and_fills_the_run_folder(tiny_whisper_dir, sente
     assert train[-1] < 0.7 * train[0]
     assert valid[-1] < valid[0]
     assert summary["steps"] == 40 and summary["best_valid_loss"] == min(valid)
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "loss.png", "best/config.json",
-                 "best/model.safetensors", "last/model.safetensors", "checkpoints/step_40/trainer_state.json"):
-        assert (out / name).exists(), name
+    # the folder explains itself: each file holds what it says
+    from safetensors.torch import load_file
+
+    from distill.core.config import load_config
+    from distill.models.teacher import load_teacher
+
+    cfg = _cfg(tiny_whisper_dir, sentences_corpus, out, max_steps=40, eval_every=20, save_every=20)
+    assert load_config(DistillConfig, out / "config.yaml") == cfg  # the resolved config, round trip
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert [r["step"] for r in rows if "train_loss" in r] == list(range(2, 41, 2))  # a row every log_every
+    best_step = 20 * (1 + valid.index(min(valid)))
+    exports = [r for r in rows if r.get("event") == "export"]
+    assert [r["step"] for r in exports if r["path"] == "best"][-1] == best_step
+    last = load_file(str(out / "last" / "model.safetensors"))
+    state = load_file(str(out / "checkpoints" / "step_40" / "model.safetensors"))
+    # last/ is the student whose trainable stack the step-40 checkpoint holds
+    assert state and all(torch.equal(last[f"stack.{k}"], v) for k, v in state.items())
+    assert json.loads((out / "checkpoints" / "step_40" / "trainer_state.json").read_text())["step"] == 40
+    best = load_teacher(str(out / "best"))
+    assert best.num_layers == summary["student"]["num_layers"] and best.info.params_total == summary["student"][
+        "params_total"]
+    from PIL import Image
+
+    with Image.open(out / "loss.png") as im:
+        assert im.size == (660, 440)
     assert any((out / "tb").rglob("events.out.tfevents*"))
     assert not list((out / "checkpoints").glob(".*tmp*"))  # no half-written checkpoint left
     # this process's memory in every log row and the summary: the peak counted from the loop's start

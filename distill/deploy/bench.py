@@ -20,6 +20,13 @@ def seconds_per_audio_second(models: dict[str, torch.nn.Module], wav: torch.Tens
                              rounds: int = 5, warmup: int = 1) -> dict[str, float]:
     """``{name: median seconds per second of audio}`` for ``model(wav, lengths)``; ``wav (batch, samples)``."""
     audio_seconds = float(lengths.sum()) / SAMPLE_RATE
+    return {name: t / audio_seconds for name, t in median_wall_seconds(models, wav, lengths, rounds, warmup).items()}
+
+
+@torch.no_grad()
+def median_wall_seconds(models: dict[str, torch.nn.Module], wav: torch.Tensor, lengths: torch.Tensor,
+                        rounds: int = 5, warmup: int = 1) -> dict[str, float]:
+    """``{name: median wall seconds of one forward of the whole batch}``, models interleaved round by round."""
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(warmup + rounds):
         for name, model in models.items():
@@ -27,7 +34,7 @@ def seconds_per_audio_second(models: dict[str, torch.nn.Module], wav: torch.Tens
             model(wav, lengths)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) / audio_seconds for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def train_step_seconds(student, teacher, batches: list[dict], steps: int = 6, warmup: int = 2,

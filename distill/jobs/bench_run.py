@@ -25,7 +25,7 @@ from distill.core.bench_record import BenchRecord
 from distill.core.fsutil import claim_run_folder, write_text_atomic
 from distill.core.memory import PeakSince
 from distill.data.audio import SAMPLE_RATE, real_speech_batch
-from distill.deploy.bench import macs_per_audio_second, model_names, seconds_per_audio_second
+from distill.deploy.bench import macs_per_audio_second, median_wall_seconds, model_names
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def run_bench(cfg: BenchCommandConfig) -> dict:
         params = param_split(m) if name in models else {"frontend": m.info.params_frontend, "stack": 0, "heads": 0,
                                                         "total": m.info.params_frontend}
         result["models"][name] = {"spec": specs.get(name, f"{specs[first_name]} (frontend)"), "params": params,
-                                  "macs_per_audio_second": {}, "seconds_per_audio_second": {},
+                                  "macs_per_audio_second": {}, "wall_seconds": {}, "seconds_per_audio_second": {},
                                   "real_time_factor": {}, "peak_rss_mb": {}}
     try:
         for seconds in cfg.seconds:
@@ -197,14 +197,15 @@ def _count_macs(result: dict, name: str, model, seconds: float, frontend_only: b
 def _time_models(result: dict, callables: dict, seconds: float, batch: int, cfg: BenchCommandConfig) -> None:
     wav, lengths, _ = speech(seconds, batch)
     audio = float(lengths.sum()) / SAMPLE_RATE
-    per_second = seconds_per_audio_second(callables, wav, lengths, rounds=cfg.rounds, warmup=cfg.warmup)
+    wall = median_wall_seconds(callables, wav, lengths, rounds=cfg.rounds, warmup=cfg.warmup)
     key = f"{seconds:g}s_x{batch}"
     for name in callables:
         entry = result["models"][name]
-        entry["seconds_per_audio_second"][key] = per_second[name]
+        entry.setdefault("wall_seconds", {})[key] = wall[name]  # the measured median of one batch
+        entry["seconds_per_audio_second"][key] = wall[name] / audio
         # the batch's clips are processed together: RTF = wall time of the batch / one clip's duration
-        entry["real_time_factor"][key] = per_second[name] * audio / seconds
-    log.info("bench %s: %s", key, {n: f"{per_second[n]:.4f}" for n in callables})
+        entry["real_time_factor"][key] = wall[name] / seconds
+    log.info("bench %s: %s", key, {n: f"{wall[n] / audio:.4f}" for n in callables})
 
 
 def _measure_memory(result: dict, name: str, fn, spec: str, frontend_only: bool, settings, cfg) -> None:
