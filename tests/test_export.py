@@ -197,7 +197,8 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
     teacher = load_teacher(str(save_tiny_model("hubert", tmp_path / "t", num_hidden_layers=4)))
     spec = StudentSpec(kind="pruned")
     spec.pruned.ordering = "last"
-    out = export_student(build_student(spec, teacher), tmp_path / "export")
+    student = build_student(spec, teacher)
+    out = export_student(student, tmp_path / "export")
     apply()  # torchaudio 2.8 / pandas 2 fixes for s3prl itself (docs/dependencies.md)
     train, test = resolve_ks_roots(str(ks_corpus))
     problem = SuperbKS()
@@ -216,8 +217,15 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
     exported = load_file(str(out / "model.safetensors"))
     inner = {k: v for k, v in built[0].upstream.model.state_dict().items()}
     assert set(exported) <= set(inner) and len(exported) > 10
-    for name, tensor in exported.items():  # s3prl's upstream holds exactly the exported student's weights
+    for name, tensor in exported.items():  # s3prl's upstream holds exactly the exported weights ...
         torch.testing.assert_close(inner[name].cpu(), tensor, rtol=0, atol=0)
+    wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # ... and computes what the student does, layer by layer
+        theirs = built[0].upstream.model(wav, output_hidden_states=True).hidden_states
+        ours, _ = student.eval()(wav)
+    assert len(theirs) == len(ours) == student.num_layers + 1
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     result = yaml.safe_load((tmp_path / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text())
     test_rows = (tmp_path / "s3prl" / "test.csv").read_text().splitlines()[1:]
     n = len(list(test.rglob("*.wav")))
