@@ -35,12 +35,13 @@ from distill.core.bench_record import BenchmarkIncomplete, BenchRecord  # noqa: 
 from distill.models.teacher import load_teacher  # noqa: E402
 
 
-def random_ssl(folder: Path, layers: int, width: int = 256) -> str:
+def random_ssl(folder: Path, layers: int, width: int = 256, pos_kernel: int = 128) -> str:
+    """A random-weight wav2vec2-style model (Wav2Vec2Config's defaults but depth, width, CNN channels)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     torch.manual_seed(0)
     cfg = Wav2Vec2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * width,
-                         conv_dim=(width // 2,) * 7, num_conv_pos_embeddings=16)
+                         conv_dim=(width // 2,) * 7, num_conv_pos_embeddings=pos_kernel)
     Wav2Vec2Model(cfg).save_pretrained(folder / f"w2v2_{layers}x{width}")
     return str(folder / f"w2v2_{layers}x{width}")
 
@@ -113,7 +114,8 @@ def main() -> int:
     out = Path(args.out)
     tmp = out.parent / "bench_models"
     if args.smoke:
-        models = {"random wav2vec2, 2 layers": random_ssl(tmp, 2, 32), "random wav2vec2, 3 layers": random_ssl(tmp, 3, 32)}
+        models = {"random wav2vec2, 2 layers": random_ssl(tmp, 2, 32, 16),
+                  "random wav2vec2, 3 layers": random_ssl(tmp, 3, 32, 16)}
         utterances, batch_size = [8, 16], 8
     else:
         models = {"whisper-tiny.en (4 layers)": "whisper-tiny.en",
