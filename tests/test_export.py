@@ -221,7 +221,8 @@ def test_stock_s3prl_recipe_evaluates_an_export_without_stackdistill(tmp_path, k
         torch.testing.assert_close(inner[name].cpu(), tensor, rtol=0, atol=0)
     wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # ... and computes what the student does, layer by layer
-        theirs = built[0].upstream.model(wav, output_hidden_states=True).hidden_states
+        model = built[0].upstream.model.eval()  # s3prl leaves it in training mode (dropout)
+        theirs = model(wav, output_hidden_states=True).hidden_states
         ours, _ = student.eval()(wav)
     assert len(theirs) == len(ours) == student.num_layers + 1
     for a, b in zip(theirs, ours):
