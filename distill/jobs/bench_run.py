@@ -109,6 +109,11 @@ def peak_rss_in_fresh_process(spec: str, settings, frontend_only: bool = False,
                 break
             except queues.Empty:
                 if not proc.is_alive():
+                    try:  # it may have sent its result just before exiting
+                        status, value = queue.get(timeout=2.0)
+                        break
+                    except queues.Empty:
+                        pass
                     raise RuntimeError(f"peak-memory process for {spec} died with exit code {proc.exitcode} "
                                        "and no result (killed? out of memory?)") from None
                 if time.monotonic() > deadline:
