@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.analysis.similarity import SimilaritySettings, similarity_matrices  # noqa: E402
-from distill.core.bench_record import BenchmarkIncomplete, BenchRecord  # noqa: E402
+from distill.core.bench_record import BenchRecord  # noqa: E402
 from distill.models.teacher import load_teacher  # noqa: E402
 
 
@@ -136,13 +136,7 @@ def main() -> int:
             print(f"{label:28s} {granularity:9s} {n:5d} utts  forward {row['forward_seconds']:6.2f}s  analysis "
                   f"{row['analysis_seconds_incl_forward']:6.2f}s  ratio {row['ratio_to_forward']:5.2f}  "
                   f"peak RSS growth {row['peak_rss_growth_mb']:7.1f} MB", flush=True)
-    try:
-        record.finish()
-    except BenchmarkIncomplete as err:
-        print(f"[bench_analysis] {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return record.exit_status("bench_analysis", f"wrote {out}")
 
 
 if __name__ == "__main__":

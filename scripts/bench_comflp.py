@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.analysis.comflp import coarse_search  # noqa: E402
-from distill.core.bench_record import BenchmarkIncomplete, BenchRecord  # noqa: E402
+from distill.core.bench_record import BenchRecord  # noqa: E402
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -95,13 +95,7 @@ def main() -> int:
     record = BenchRecord(out, {"smoke": args.smoke, "timing": [], "beam_misses": []})
     record.result["timing"] = record.part("timing", lambda: timing(cases, repeats, enumerate_up_to=2e6)) or []
     record.result["beam_misses"] = record.part("beam misses", lambda: beam_misses(depths, matrices, 10)) or []
-    try:
-        record.finish()
-    except BenchmarkIncomplete as err:
-        print(f"[bench_comflp] {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
+    return record.exit_status("bench_comflp", f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -335,7 +335,7 @@ def main() -> int:
         _rss_child(json.loads(args.rss_child))
         return 0
 
-    from distill.core.bench_record import BenchmarkIncomplete, BenchRecord
+    from distill.core.bench_record import BenchRecord
 
     work = Path(tempfile.mkdtemp(prefix="bench_train-"))
     if args.smoke:
@@ -387,13 +387,7 @@ def main() -> int:
     result["seconds"] = time.time() - t0
     print(_markdown(result))
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        record.finish()
-    except BenchmarkIncomplete as err:
-        print(f"[bench_train] {err}", file=sys.stderr)
-        return 1
-    print(f"[bench_train] wrote {out} ({result['seconds'] / 60:.1f} min)")
-    return 0
+    return record.exit_status("bench_train", f"wrote {out} ({result['seconds'] / 60:.1f} min)")
 
 
 def _subset_manifest(data: list[str], path: Path, n: int) -> None:

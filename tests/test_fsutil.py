@@ -12,8 +12,8 @@ from distill.core import fsutil
 from distill.core.fsutil import atomic_dir, write_text_atomic
 
 
-def _record_fsyncs(monkeypatch) -> list[tuple[str, bool]]:
-    """Every fsync as (the path its descriptor names, whether the final file existed yet)."""
+def _record_fsyncs(monkeypatch) -> list[str]:
+    """The path each fsync'd descriptor names, in order."""
     seen = []
     real = os.fsync
 

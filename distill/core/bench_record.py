@@ -59,3 +59,15 @@ class BenchRecord:
             raise BenchmarkIncomplete(f"{self.path}: {len(self.result['failed'])} part(s) failed "
                                       f"({'; '.join(self.failed_parts)}); the JSON holds every other part")
         return self.result
+
+    def exit_status(self, script: str, done: str) -> int:
+        """For a script's ``main``: :meth:`finish`, then print ``done`` (0) or the failed parts to stderr (1)."""
+        import sys
+
+        try:
+            self.finish()
+        except BenchmarkIncomplete as err:
+            print(f"[{script}] {err}", file=sys.stderr)
+            return 1
+        print(f"[{script}] {done}")
+        return 0
