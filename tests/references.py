@@ -42,3 +42,47 @@ def count_of(accuracy: float, n: int) -> int:
     k = round(accuracy * n)
     assert abs(accuracy * n - k) < 1e-6, f"accuracy {accuracy} is not a count over n = {n}"
     return k
+
+
+def s3prl_ks_validation(target_dir) -> dict[str, float]:
+    """s3prl's SuperbKS validation accuracy, recomputed from the ``valid_best`` model it saved.
+
+    Every row of ``valid.csv`` (silence rows: their one-second window) is read with soundfile, given
+    the recipe's -3 dB gain and classified alone. ``each_once`` is the accuracy over the rows;
+    ``balanced_draw`` over the draw s3prl's recipe validates on: as many indices as rows, with
+    replacement, each row weighted by 1 / (rows of its label), from a generator seeded 12345678 (the
+    sampler's default seed, at epoch 0, which the trainer never advances for validation).
+    """
+    import csv
+    from pathlib import Path
+
+    import soundfile as sf
+    from s3prl.problem import SuperbKS
+    from torch.utils.data import WeightedRandomSampler
+
+    from tasks.superb.s3prl_compat import apply
+    from tasks.superb.s3prl_upstream import register
+
+    register()
+    apply()
+    target_dir = Path(target_dir)
+    _, task = SuperbKS().load_model_and_task(str(target_dir / "train" / "valid_best"))
+    task.eval()
+    with open(target_dir / "valid.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    right = []
+    with torch.no_grad():
+        for row in rows:
+            window = {}
+            if row["start_sec"]:
+                window = {"start": round(float(row["start_sec"]) * 16000), "stop": round(float(row["end_sec"]) * 16000)}
+            wav, rate = sf.read(row["wav_path"], dtype="float32", **window)
+            assert rate == 16000 and wav.ndim == 1
+            x = torch.from_numpy(wav)[None, :, None] * 10 ** (-3 / 20)
+            _, predicted = task.predict(x, torch.tensor([x.shape[1]]))
+            right.append(predicted[0] == row["label"])
+    labels = [row["label"] for row in rows]
+    weights = [len(labels) / labels.count(label) for label in labels]
+    draw = list(WeightedRandomSampler(weights, len(weights), generator=torch.Generator().manual_seed(12345678)))
+    return {"each_once": sum(right) / len(right), "balanced_draw": sum(right[i] for i in draw) / len(draw),
+            "rows": len(rows), "distinct_drawn": len(set(draw))}

@@ -18,6 +18,7 @@ from distill.models.teacher import load_teacher
 from tasks.probe import ProbeConfig, run_probe
 
 from .conftest import save_tiny_model
+from .references import count_of, s3prl_ks_validation
 
 
 def _wav():
@@ -223,5 +224,9 @@ def test_ks_metric_scores_a_pruned_model_on_the_validation_split(tiny_whisper_di
     assert higher and "validation" in name and 0.0 <= value <= 1.0
     saved = json.loads((tmp_path / "candidates" / "without_3" / "ks" / "metrics.json").read_text())
     assert saved["valid_best_accuracy"] == value
+    # recomputed from s3prl's saved best model: the figure is its class-balanced validation draw
+    again = s3prl_ks_validation(tmp_path / "candidates" / "without_3" / "ks" / "s3prl")
+    assert value == pytest.approx(again["balanced_draw"], abs=1e-9)
+    count_of(value, again["rows"])  # a whole count over as many draws as validation rows
     assert load_teacher(str(tmp_path / "candidates" / "without_3" / "model")).num_layers == 2
 
