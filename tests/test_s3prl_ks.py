@@ -48,6 +48,13 @@ def test_short_ks_run_writes_metrics(tiny_whisper_dir, ks_corpus, tmp_path):
     result = (out / "s3prl" / "evaluate" / "valid_best" / "test" / "result.yaml").read_text()
     assert f"accuracy: {m['test_accuracy']}" in result
     assert (out / "s3prl" / "train" / "valid_best").is_dir()
+    # the frozen student's states were kept per clip: a second seed on the same model computes none
+    first = m["state_cache"]
+    assert first["clips_computed"] > 0 and first["clips_reused"] > 0 and first["clips_not_kept"] == 0
+    again = evaluate(EvaluateConfig(model=str(folder), data=str(ks_corpus), out=str(tmp_path / "ks_seed1"), steps=20,
+                                    eval_every=10, batch_size=16, seed=1))["state_cache"]
+    assert again["clips_computed"] == 0
+    assert again["clips_reused"] == first["clips_reused"] + first["clips_computed"]
 
 
 def test_ks_roots_are_checked(tmp_path):

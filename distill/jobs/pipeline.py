@@ -58,6 +58,7 @@ from tasks.corpora.prompts import PromptsConfig, build_prompts, manifest_rows
 from tasks.corpora.superb_corpora import synthetic_root
 from tasks.corpora.synthetic import SentencesConfig, SpeechCommandsConfig, build_sentences, build_speech_commands
 from tasks.probe import run_probe
+from tasks.superb import state_cache
 from tasks.superb.evaluate import EvaluateConfig
 from tasks.superb.protocol import retention_pct
 from tasks.superb.suite import SuiteConfig, evaluate, run_suite
@@ -316,6 +317,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         suite = run_suite(SuiteConfig(tasks=extra_tasks, models=list(specs.values()), names=list(specs),
                                       data=task_data, steps=dict(cfg.task_steps), out=str(out / "suite"),
                                       evaluate=cfg.evaluate))
+
+    state_cache.release()  # the last evaluated model's states, kept for a next run on it: none comes
 
     # 10. report
     t_info = teacher.info

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from distill.core.fsutil import write_json_atomic
+from tasks.superb import state_cache
 from tasks.superb.protocol import RecipeOverrides, read_yaml
 from tasks.superb.registry import get_task
 
@@ -47,6 +48,9 @@ class EvaluateConfig:
     fold: int = field(default=0, metadata={"help": "ER: test session fold + 1 (SUPERB averages folds 0-4)"})
     suite: str = field(default="", metadata={"help": "comma-separated tasks: run the suite grid instead"})
     models: str = field(default="", metadata={"help": "suite: comma-separated models (first = the teacher)"})
+    state_cache_mb: int = field(default=4096, metadata={
+        "help": "keep the frozen model's hidden states of each clip in memory, reused across steps, lrs and seeds "
+                "(MB; 0: compute them for every batch)"})
     seed: int = 0
     num_workers: int = 0
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
@@ -87,9 +91,17 @@ def run_task(cfg: EvaluateConfig) -> dict:
     log.info("SUPERB %s (%s) on %s: %d steps, batch %d, lr %g", task.name, task.recipe, cfg.model, steps,
              batch_size, lr)
     t0 = time.time()
-    with task.running(roots):
+    with task.running(roots), state_cache.use(cfg.state_cache_mb) as cache:
+        before = replace(cache.counts) if cache else None
         problem.run(**conf, num_workers=cfg.num_workers, device=device)
     elapsed = time.time() - t0
+    cached = None
+    if cache is not None:
+        cached = {"clips_reused": cache.counts.reused - before.reused,
+                  "clips_computed": cache.counts.computed - before.computed,
+                  "clips_not_kept": cache.counts.not_kept - before.not_kept, "cache_mb": cache.nbytes / 2**20}
+        log.info("state cache: %d clips reused, %d computed (%.0f MB kept)", cached["clips_reused"],
+                 cached["clips_computed"], cached["cache_mb"])
     record = task.read_result(target_dir, roots, overrides)
     stats_file = target_dir / "train" / "valid_best" / "training_stats.yaml"
     valid_best = None
@@ -100,6 +112,6 @@ def run_task(cfg: EvaluateConfig) -> dict:
                f"test_{record.metric}": record.value, "test_ci95": record.ci95,
                f"valid_best_{record.metric}": valid_best, "steps": steps, "gradient_accumulate": accumulate,
                "batches_seen": steps * accumulate, "batch_size": batch_size, "lr": lr, "seed": cfg.seed,
-               "seconds": elapsed, "roots": {k: str(v) for k, v in roots.items()}}
+               "seconds": elapsed, "state_cache": cached, "roots": {k: str(v) for k, v in roots.items()}}
     write_json_atomic(out / "metrics.json", metrics)
     return metrics

@@ -12,6 +12,7 @@ from torch import nn
 
 from distill.core.protocol import pad_waveforms
 from distill.models.teacher import load_teacher
+from tasks.superb import state_cache
 
 HUB_NAME = "stackdistill"
 
@@ -21,13 +22,17 @@ class S3PRLAdapter(nn.Module):
 
     ``forward(wavs: list[(samples,)]) -> {"hidden_states": [(batch, frames, dim), ...]}``.
     The wrapped model stays in eval mode (no dropout, no layerdrop) even when s3prl calls
-    ``train()``: it is frozen in SUPERB's protocol.
+    ``train()``: it is frozen in SUPERB's protocol. Inside :func:`tasks.superb.state_cache.use`,
+    without gradients, each clip's states come from the cache when the same model saw it before
+    (padding: zeros past each clip's frames).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, spec: str = ""):
         super().__init__()
         self.model = model
         self.model.eval()
+        self.spec = spec
+        self._fingerprint: str | None = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -38,15 +43,28 @@ class S3PRLAdapter(nn.Module):
         return int(self.model.info.hop)
 
     def forward(self, wavs: list[torch.Tensor]) -> dict:
+        """``wavs: [(samples,)]`` -> ``{"hidden_states": [(batch, frames, dim)] * (L + 1)}``."""
+        cache = state_cache.active()
+        if cache is None or torch.is_grad_enabled():
+            wav, lengths = pad_waveforms(wavs)
+            states, _ = self.model(wav, lengths)
+            return {"hidden_states": states}
+        if self._fingerprint is None:
+            self._fingerprint = state_cache.model_fingerprint(self.model, self.spec)
+        per_clip = cache.states(self._fingerprint, wavs, self._clip_states)
+        return {"hidden_states": state_cache.pad_states(per_clip)}
+
+    def _clip_states(self, wavs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """One batched forward -> each clip's states cut to its own frames: ``[[(frames, dim)] * (L + 1)]``."""
         wav, lengths = pad_waveforms(wavs)
-        states, _ = self.model(wav, lengths)
-        return {"hidden_states": states}
+        states, frame_lengths = self.model(wav, lengths)
+        return [[s[b, :n] for s in states] for b, n in enumerate(frame_lengths.tolist())]
 
 
 def _factory(ckpt: str | None = None, refresh: bool = False, **kwargs) -> S3PRLAdapter:
     if not ckpt:
         raise ValueError(f"s3prl upstream {HUB_NAME!r} needs path_or_url=<model spec>")
-    return S3PRLAdapter(load_teacher(ckpt, dtype=kwargs.get("dtype")))
+    return S3PRLAdapter(load_teacher(ckpt, dtype=kwargs.get("dtype")), spec=f"{ckpt}|{kwargs.get('dtype')}")
 
 
 def register() -> str:
