@@ -52,7 +52,7 @@ class S3PRLAdapter(nn.Module):
         if self._fingerprint is None:
             self._fingerprint = state_cache.model_fingerprint(self.model, self.spec)
         per_clip = cache.states(self._fingerprint, wavs, self._clip_states)
-        return {"hidden_states": state_cache.pad_states(per_clip)}
+        return {"hidden_states": [h.to(wavs[0].device) for h in state_cache.pad_states(per_clip)]}
 
     def _clip_states(self, wavs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
         """One batched forward -> each clip's states cut to its own frames: ``[[(frames, dim)] * (L + 1)]``."""

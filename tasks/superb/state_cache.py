@@ -54,7 +54,7 @@ class CacheCounts:
 
 
 class StateCache:
-    """Per-clip hidden states of one model, bounded by ``max_mb`` of tensor data."""
+    """Per-clip hidden states of one model, kept in host memory, bounded by ``max_mb`` of tensor data."""
 
     def __init__(self, max_mb: float):
         if max_mb < 0:
@@ -82,7 +82,7 @@ class StateCache:
         fresh: dict[int, ClipStates] = {}
         if missing:
             for i, states in zip(missing, compute([wavs[i] for i in missing])):
-                states = [s.detach().clone() for s in states]  # not views holding the whole batch
+                states = [s.detach().to("cpu", copy=True) for s in states]  # host memory; not views of the batch
                 fresh[i] = states
                 size = sum(s.numel() * s.element_size() for s in states)
                 if self.nbytes + size <= self.max_bytes:
