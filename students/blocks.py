@@ -6,6 +6,7 @@ Every block maps ``(x (batch, frames, dim), frame_lengths (batch,))`` to ``(batc
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.core.protocol import lengths_to_mask
@@ -22,6 +23,43 @@ class MimicMLP(nn.Module):
         return self.net(x)
 
 
+class _Attention(nn.Module):
+    """Multi-head self-attention holding ``nn.MultiheadAttention``'s parameters under its names
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj``), computed with reshapes that never fix the
+    batch or the length, so a traced graph (ONNX) takes any of both."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``x (batch, frames, dim)``, ``keep (batch, frames)`` True on valid frames -> ``(batch, frames, dim)``."""
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (batch, heads, frames, d)
+                   for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])  # padded keys never attended
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class _PreLNLayer(nn.Module):
+    """A pre-LN transformer encoder layer (ReLU feed-forward, no dropout), with the parameter names of
+    ``nn.TransformerEncoderLayer(norm_first=True)``: checkpoints of either load into the other."""
+
+    def __init__(self, dim: int, hidden: int, num_heads: int):
+        super().__init__()
+        self.self_attn = _Attention(dim, num_heads)
+        self.linear1, self.linear2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), keep)
+        return x + self.linear2(F.relu(self.linear1(self.norm2(x))))
+
+
 class MimicTransformer(nn.Module):
     """One pre-LN transformer encoder layer of width D (feed-forward width ``hidden``), padding masked."""
 
@@ -29,12 +67,10 @@ class MimicTransformer(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
-        self.layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=hidden, dropout=0.0,
-                                                batch_first=True, norm_first=True)
+        self.layer = _PreLNLayer(dim, hidden, num_heads)
 
     def forward(self, x: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
-        pad = ~lengths_to_mask(frame_lengths, x.shape[1])
-        return self.layer(x, src_key_padding_mask=pad)
+        return self.layer(x, lengths_to_mask(frame_lengths, x.shape[1]))
 
 
 BLOCK_TYPES = {"mlp": MimicMLP, "transformer": MimicTransformer}

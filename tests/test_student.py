@@ -97,3 +97,38 @@ def test_bad_targets_are_clear_errors(teacher):
         students.mimic_from_teacher(teacher, target_layers=[3, 1])
     with pytest.raises(ValueError, match="target_layers"):
         students.mimic_from_teacher(teacher, target_layers=[5])
+
+
+def test_mimic_transformer_block_is_torchs_pre_ln_encoder_layer():
+    """Same parameters drawn in the same order (a seed gives the weights it gave before), the same
+    state-dict names, and the same output as ``nn.TransformerEncoderLayer(norm_first=True)`` on the
+    valid frames of a padded batch, in training (its plain path) and in inference (its fused path)."""
+    from torch import nn
+
+    from distill.core.protocol import lengths_to_mask
+    from students.blocks import MimicTransformer
+
+    torch.manual_seed(3)
+    ours = MimicTransformer(32, hidden=48, num_heads=4)
+    torch.manual_seed(3)
+    ref = nn.TransformerEncoderLayer(32, 4, dim_feedforward=48, dropout=0.0, batch_first=True, norm_first=True)
+    theirs = ref.state_dict()
+    assert list(ours.layer.state_dict()) == list(theirs)
+    for name, tensor in ours.layer.state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
+    x, lengths = torch.randn(3, 20, 32), torch.tensor([20, 13, 5])
+    valid = lengths_to_mask(lengths, 20)
+    ref.train()
+    for mode in ("train", "inference"):
+        with torch.inference_mode(mode == "inference"):
+            if mode == "inference":
+                ref.eval()
+            expected = ref(x, src_key_padding_mask=~valid)
+            got = ours(x, lengths)
+        torch.testing.assert_close(got[valid], expected[valid], rtol=1e-5, atol=1e-5)
+    torch.manual_seed(4)
+    other = nn.TransformerEncoderLayer(32, 4, dim_feedforward=48, dropout=0.0, batch_first=True, norm_first=True)
+    ours.layer.load_state_dict(other.state_dict())  # a checkpoint of the torch layer loads as it is
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, lengths)[valid], other.train()(x, src_key_padding_mask=~valid)[valid],
+                                   rtol=1e-5, atol=1e-5)

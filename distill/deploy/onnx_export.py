@@ -148,8 +148,9 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     wav = torch.randn(2, 24000) * 0.1
     lengths = torch.tensor([24000, 16000])
     tmp = path.with_name(path.name + ".tmp")
-    # PyTorch's fused "fast path" of nn.TransformerEncoderLayer (taken in eval mode without grad: the
-    # mimic transformer's blocks) has no ONNX symbolic; the traced graph must use the plain ops
+    # PyTorch's fused "fast path" of nn.TransformerEncoderLayer / nn.MultiheadAttention (taken in eval
+    # mode without grad) has no ONNX symbolic; a model built on them must be traced through the plain ops
+    # (the mimic transformer's own layer, students/blocks.py, needs neither)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
