@@ -82,8 +82,10 @@ def test_adapter_serves_the_models_own_states_from_the_cache(tiny_whisper_dir):
             torch.testing.assert_close(mine[0, :frames[2]], theirs[2, :frames[2]])
         assert state_cache.active() is None  # only inside use()
     state_cache.release()
-    with state_cache.use(64) as cache:  # gradients on (a trainable upstream): never cached
+    with state_cache.use(64) as cache:  # gradients on (a trainable upstream): never cached, nor after
         adapter(wavs)
+        with torch.no_grad():  # its validation, without gradients, on weights that may have moved
+            adapter(wavs)
         assert cache.counts.computed == 0 and not cache.clips
     state_cache.release()
 

@@ -23,8 +23,8 @@ class S3PRLAdapter(nn.Module):
     ``forward(wavs: list[(samples,)]) -> {"hidden_states": [(batch, frames, dim), ...]}``.
     The wrapped model stays in eval mode (no dropout, no layerdrop) even when s3prl calls
     ``train()``: it is frozen in SUPERB's protocol. Inside :func:`tasks.superb.state_cache.use`,
-    without gradients, each clip's states come from the cache when the same model saw it before
-    (padding: zeros past each clip's frames).
+    each clip's states come from the cache when the same model saw it before (padding: zeros past
+    each clip's frames), unless this adapter ever ran with gradients on (a trainable upstream).
     """
 
     def __init__(self, model: nn.Module, spec: str = ""):
@@ -33,6 +33,7 @@ class S3PRLAdapter(nn.Module):
         self.model.eval()
         self.spec = spec
         self._fingerprint: str | None = None
+        self._trains = False
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -45,7 +46,8 @@ class S3PRLAdapter(nn.Module):
     def forward(self, wavs: list[torch.Tensor]) -> dict:
         """``wavs: [(samples,)]`` -> ``{"hidden_states": [(batch, frames, dim)] * (L + 1)}``."""
         cache = state_cache.active()
-        if cache is None or torch.is_grad_enabled():
+        self._trains |= torch.is_grad_enabled()  # a trainable upstream's states change: never cached after
+        if cache is None or self._trains:
             wav, lengths = pad_waveforms(wavs)
             states, _ = self.model(wav, lengths)
             return {"hidden_states": states}
