@@ -14,26 +14,21 @@ import shutil
 from pathlib import Path
 
 
-def fsync_dir(folder: str | Path) -> None:
-    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str | Path) -> None:
+def _fsync(path: str | Path) -> None:
+    """Flush a file or a folder to disk (open read-only, fsync, close)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened or flushed)."""
+    try:
+        _fsync(folder)
+    except OSError:
+        pass
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -78,7 +73,7 @@ def atomic_dir(path: str | Path):
         raise
     for folder, _dirs, files in os.walk(tmp):
         for name in files:
-            _fsync_file(os.path.join(folder, name))
+            _fsync(os.path.join(folder, name))
         fsync_dir(folder)
     if path.exists() and exchange_paths(tmp, path):  # tmp now holds the old folder
         fsync_dir(path.parent)
