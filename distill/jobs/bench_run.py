@@ -206,7 +206,7 @@ def _time_models(result: dict, callables: dict, seconds: float, batch: int, cfg:
     key = f"{seconds:g}s_x{batch}"
     for name in callables:
         entry = result["models"][name]
-        entry.setdefault("wall_seconds", {})[key] = wall[name]  # the measured median of one batch
+        entry["wall_seconds"][key] = wall[name]  # the measured median of one batch
         entry["seconds_per_audio_second"][key] = wall[name] / audio
         # the batch's clips are processed together: RTF = wall time of the batch / one clip's duration
         entry["real_time_factor"][key] = wall[name] / seconds

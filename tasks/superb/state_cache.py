@@ -7,7 +7,7 @@ model's output for a clip does not change, so it is computed once and kept here,
 a budget. Only the states of one model are kept: a different model (another key) empties the cache.
 
 Inside :func:`use` the s3prl adapter (:mod:`tasks.superb.s3prl_upstream`) asks this cache first;
-outside it, and whenever gradients are on (a trainable upstream), it computes every batch.
+outside it, and for an upstream that ever ran with gradients on (trainable), it computes every batch.
 """
 
 from __future__ import annotations
